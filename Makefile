@@ -1,0 +1,29 @@
+# Two commands matter: `make demo` (install if needed, run the default OnMC-PO job) and
+# `make test` (install if needed, run every test). Both create .venv/ on first use.
+PY := .venv/bin/python
+PYTEST := $(PY) -m pytest
+export PYTHONUNBUFFERED := 1
+
+.PHONY: venv demo test test-fast bench docs-config clean
+
+venv:
+	@bash scripts/setup-venv.sh
+
+demo: venv
+	$(PY) jobs/onmcpo.py
+
+test: venv
+	$(PYTEST) -q -ra tests
+
+test-fast: venv
+	$(PYTEST) -q -ra -m "not slow" tests
+
+bench: venv
+	$(PY) -m pip install -q ".[bench]"
+	$(PY) bench/run_all.py
+
+docs-config: venv
+	$(PY) -m apo_pipeline.config.docs > docs/configuration.md
+
+clean:
+	rm -rf .venv .cache .pytest_cache

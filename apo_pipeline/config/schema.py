@@ -1,0 +1,151 @@
+"""Top-level job configs: the sections every job shares plus one loop block per job."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from apo_pipeline.config.sections import (
+    AlgorithmConfig,
+    CheckpointConfig,
+    ClusterConfig,
+    DataConfig,
+    EvalConfig,
+    GenerationConfig,
+    JudgeConfig,
+    LearnerConfig,
+    ModelConfig,
+    MonitoringConfig,
+    Section,
+    SyncConfig,
+)
+
+PAIRWISE_ONLY_LOSSES = ("rnce",)
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased as one line that names the key."""
+
+
+class BaseJobConfig(Section):
+    """What every job shares. Subclasses add `loop`."""
+
+    name: str = "run"
+    seed: int = 0
+    deterministic: bool = False
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    sync: SyncConfig = Field(default_factory=SyncConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "BaseJobConfig":
+        _check_common(self)
+        return self
+
+
+def _fail(key: str, message: str) -> None:
+    raise ValueError(f"{key}: {message}")
+
+
+def _check_common(cfg: BaseJobConfig) -> None:
+    """Cross-field rules; each failure names the key it is about."""
+    from apo_pipeline.losses import list_losses
+
+    k = cfg.generation.num_candidates
+    if k < 2:
+        _fail("generation.n_per_temperature", f"K = {k} candidates per prompt; at least 2 are needed")
+    if any(t <= 0 for t in cfg.generation.temperatures):
+        _fail("generation.temperatures", "every temperature must be > 0")
+    if cfg.algorithm.loss not in list_losses():
+        _fail("algorithm.loss", f"unknown loss {cfg.algorithm.loss!r}; choose one of {', '.join(list_losses())}")
+    m = cfg.algorithm.num_negatives
+    if m > k - 1:
+        _fail("algorithm.num_negatives", f"{m} negatives but only K-1 = {k - 1} non-preferred candidates")
+    if m > 1 and cfg.algorithm.loss not in PAIRWISE_ONLY_LOSSES:
+        _fail("algorithm.num_negatives", f"{m} negatives need a multi-negative loss (rnce), not {cfg.algorithm.loss!r}")
+    if cfg.algorithm.cdpo is not None:
+        t1, t2 = cfg.algorithm.cdpo
+        if not 0 <= t1 < t2:
+            _fail("algorithm.cdpo", f"need 0 <= t1 < t2, got ({t1}, {t2})")
+    if cfg.judge.backend == "llm" and not cfg.judge.model:
+        _fail("judge.model", "the llm judge needs a model path")
+    cl = cfg.cluster
+    if not cl.use_gpu and cfg.model.dtype in ("bfloat16", "float16"):
+        _fail("model.dtype", f"{cfg.model.dtype} needs cluster.use_gpu=true; CPU runs in float32")
+    if not cl.use_gpu and cfg.sync.backend == "nccl":
+        _fail("sync.backend", "nccl needs cluster.use_gpu=true")
+    if cl.use_gpu and cl.num_gpus is not None:
+        engines = cl.num_engines * cl.engine_tp
+        judge = cl.judge_engines * cl.judge_tp if cfg.judge.backend == "llm" else 0
+        need = max(engines, cl.learner_ranks) + judge if cl.colocate else engines + judge + cl.learner_ranks
+        if need > cl.num_gpus:
+            _fail("cluster.learner_ranks", f"placement needs {need} GPUs but cluster.num_gpus = {cl.num_gpus}")
+    if not cl.use_gpu and cl.num_cpus is not None:
+        need_cpu = cl.cpus_per_actor * (cl.num_engines + cl.learner_ranks + cl.judge_engines + 1)
+        if need_cpu > cl.num_cpus:
+            _fail("cluster.learner_ranks", f"actors need {need_cpu:g} CPUs but cluster.num_cpus = {cl.num_cpus}")
+
+
+class OnMCPOLoop(Section):
+    """Batched online MC-PO: total_steps split into `segments`, data regenerated at each segment start."""
+
+    segments: int = Field(3, ge=1)
+    total_steps: int = Field(60, ge=1)
+
+
+class APOLoop(Section):
+    """Iterative APO: T iterations, E epochs each, extrapolation weight alpha (0 = iterative DPO)."""
+
+    iterations: int = Field(3, ge=1)
+    epochs: int = Field(1, ge=1)
+    alpha: float = Field(0.3, description="momentum weight, in [0, 1)")
+
+    @model_validator(mode="after")
+    def _alpha_range(self) -> "APOLoop":
+        if not 0.0 <= self.alpha < 1.0:
+            raise ValueError(f"alpha: must be in [0, 1), got {self.alpha}")
+        return self
+
+
+class MCPOLoop(Section):
+    """Offline MC-PO over a dataset with K candidates per prompt and a preferred index."""
+
+    dataset: str = "builtin"
+    epochs: int = Field(1, ge=1)
+    builtin_prompts: int = Field(64, ge=1, description="prompts of the dataset built from the built-in task")
+
+
+class OnMCPOConfig(BaseJobConfig):
+    name: str = "onmcpo"
+    job: Literal["onmcpo"] = "onmcpo"
+    loop: OnMCPOLoop = Field(default_factory=OnMCPOLoop)
+
+
+class APOConfig(BaseJobConfig):
+    name: str = "apo"
+    job: Literal["apo"] = "apo"
+    loop: APOLoop = Field(default_factory=APOLoop)
+
+    @model_validator(mode="after")
+    def _apo_loss(self) -> "APOConfig":
+        if self.algorithm.loss not in ("dpo", "ipo", "sppo"):
+            raise ValueError(f"algorithm.loss: iterative APO takes dpo, ipo or sppo, not {self.algorithm.loss!r}")
+        return self
+
+
+class MCPOConfig(BaseJobConfig):
+    name: str = "mcpo"
+    job: Literal["mcpo"] = "mcpo"
+    loop: MCPOLoop = Field(default_factory=MCPOLoop)
+
+
+JOB_CONFIGS: dict[str, type[BaseJobConfig]] = {"onmcpo": OnMCPOConfig, "apo": APOConfig, "mcpo": MCPOConfig}

@@ -1,0 +1,146 @@
+"""Config sections shared by every job. Each is a pydantic model that forbids unknown keys.
+
+Units: lengths in tokens, sizes in MiB, times in seconds, learning rates per optimizer step.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Section(BaseModel):
+    """Base of every config block: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    """The policy. `builtin:tiny` builds the local tiny Qwen2 model; anything else is an HF model directory."""
+
+    path: str = "builtin:tiny"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_model_len: int = Field(128, ge=8)
+    trust_remote_code: bool = False
+    warmup_steps: int = Field(600, ge=0, description="SFT warm-up steps of the built-in tiny model")
+
+
+class DataConfig(Section):
+    """Prompt sources: `builtin`, a JSONL file (`prompt` field), a Parquet file or a `datasets` directory."""
+
+    prompts: str = "builtin"
+    eval_prompts: str = "builtin"
+    num_prompts: int | None = Field(64, ge=1, description="train prompts used (None = all)")
+    num_eval_prompts: int = Field(32, ge=1)
+    on_error: Literal["raise", "skip"] = "raise"
+    chat: bool = False
+    max_prompt_tokens: int = Field(64, ge=1)
+    overlong: Literal["skip", "truncate"] = "skip"
+
+
+class GenerationConfig(Section):
+    """Sampling of K = n_per_temperature * len(temperatures) candidates per prompt."""
+
+    temperatures: list[float] = Field(default_factory=lambda: [0.6, 0.8, 1.0])
+    n_per_temperature: int = Field(2, ge=1)
+    max_tokens: int = Field(16, ge=1)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+
+    @property
+    def num_candidates(self) -> int:
+        return self.n_per_temperature * len(self.temperatures)
+
+
+class JudgeConfig(Section):
+    """`reward`: Bradley-Terry over a reward function; `llm`: an instruct model read through label log-probs."""
+
+    backend: Literal["reward", "llm"] = "reward"
+    reward_fn: str = "builtin"
+    bt_scale: float = Field(8.0, gt=0.0, description="logit scale of r* differences")
+    mode: Literal["prob", "sample"] = "sample"
+    model: str | None = None
+    template: str = (
+        "Which response answers the prompt better?\nPrompt: {prompt}\n"
+        "Response A: {a}\nResponse B: {b}\nAnswer with A or B. Answer:"
+    )
+    labels: tuple[str, str] = ("A", "B")
+    both_orders: bool = True
+    max_retries: int = Field(1, ge=0)
+    max_model_len: int = Field(512, ge=16)
+
+
+class AlgorithmConfig(Section):
+    """The training objective: a loss of `apo_pipeline.losses` and how negatives are drawn."""
+
+    loss: str = "dpo"
+    beta: float = Field(0.1, gt=0.0)
+    loss_options: dict[str, float | bool] = Field(default_factory=dict)
+    negatives: Literal["mc", "random", "max", "min"] = "mc"
+    num_negatives: int = Field(1, ge=1)
+    mc_steps: int = Field(1, ge=1)
+    cdpo: tuple[int, int] | None = Field(None, description="(t1, t2) of the cDPO schedule, None = off")
+    dynamics_every: int = Field(0, ge=0, description="log POS/NEG gradient norms every N steps (0 = off)")
+
+
+class LearnerConfig(Section):
+    """DeepSpeed learner group. Effective batch = micro_batch_size * grad_accum * cluster.learner_ranks."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    lr: float = Field(5e-5, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    micro_batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    length_buckets: bool = True
+
+
+class SyncConfig(Section):
+    """Weight sync learner -> engines through vLLM's weight-transfer API."""
+
+    backend: Literal["auto", "cpu", "nccl"] = "auto"
+    bucket_mb: float = Field(64.0, gt=0.0)
+
+
+class ClusterConfig(Section):
+    """Placement: how many actors of each role and what each holds."""
+
+    address: str | None = Field(None, description="Ray address; None = the job's cluster or a local one")
+    num_cpus: int | None = Field(None, ge=1, description="logical CPUs of a local Ray (None = 8)")
+    num_gpus: int | None = Field(None, ge=0, description="GPUs available, checked against the placement")
+    use_gpu: bool = False
+    num_engines: int = Field(1, ge=1)
+    engine_tp: int = Field(1, ge=1)
+    judge_engines: int = Field(1, ge=1)
+    judge_tp: int = Field(1, ge=1)
+    learner_ranks: int = Field(1, ge=1)
+    cpus_per_actor: float = Field(1.0, gt=0.0)
+    colocate: bool = False
+    kv_cache_gib: float = Field(0.5, gt=0.0, description="VLLM_CPU_KVCACHE_SPACE per engine on CPU")
+    gpu_memory_utilization: float = Field(0.4, gt=0.0, le=1.0)
+
+
+class EvalConfig(Section):
+    """Held-out evaluation: mean latent reward and win-rate against the starting policy."""
+
+    every: int = Field(1, ge=0, description="evaluate every N segments/iterations (0 = only at the end)")
+    greedy: bool = True
+    sampled_temperature: float = Field(1.0, gt=0.0)
+
+
+class CheckpointConfig(Section):
+    """Checkpoints under <run_dir>/checkpoints; LATEST names the newest complete one."""
+
+    enabled: bool = True
+    keep_last: int = Field(2, ge=1)
+    save_hf: bool = True
+
+
+class MonitoringConfig(Section):
+    """Where metrics go besides metrics.jsonl."""
+
+    ray_metrics: bool = True
+    tensorboard: bool = False
+    progress: bool = True

@@ -1,0 +1,75 @@
+"""Per-stage wall-clock timing and driver-log progress bars.
+
+    timer = StageTimer(logger, progress=cfg.monitoring.progress)
+    with timer.stage("generate", iteration=3) as stage:
+        ...
+        stage["tokens"] = n_tokens          # optional: adds tokens_per_s to the event
+    timer.breakdown()                       # {"generate": 12.5, ...} seconds
+
+Each stage logs one "stage" event {stage, seconds, <fields>, [tokens, tokens_per_s, pairs, pairs_per_s]}.
+`timer.stage(name)` also works as a decorator.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from tqdm import tqdm
+
+from apo_pipeline.monitoring.metrics import MetricsLogger
+
+STAGES = ("generate", "judge", "ref_logprobs", "train", "sync", "checkpoint", "eval")
+RATE_FIELDS = {"tokens": "tokens_per_s", "pairs": "pairs_per_s"}
+T = TypeVar("T")
+
+
+def progress(iterable: Iterable[T], desc: str, total: int | None = None, enabled: bool = True) -> Iterable[T]:
+    """A tqdm bar on stderr; a plain pass-through when disabled or stderr is not a TTY."""
+    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True,
+                disable=not enabled or not sys.stderr.isatty())
+
+
+class StageTimer:
+    """Times named stages (one of `STAGES`), logs them, and keeps the total seconds per stage."""
+
+    def __init__(self, logger: MetricsLogger | None = None, progress: bool = True) -> None:
+        self.logger = logger
+        self.show_progress = progress
+        self._totals: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str, **fields: Any) -> Iterator[dict[str, Any]]:
+        """Time the block; yields a dict whose entries (e.g. tokens, pairs) join the logged event.
+
+        An exception inside the block is logged as `error` (its type name) and re-raised.
+        """
+        if name not in STAGES:
+            raise ValueError(f"stage: expected one of {', '.join(STAGES)}, got {name!r}")
+        extra: dict[str, Any] = {}
+        start = time.perf_counter()
+        try:
+            yield extra
+        except BaseException as exc:
+            extra["error"] = type(exc).__name__
+            raise
+        finally:
+            seconds = time.perf_counter() - start
+            self._totals[name] = self._totals.get(name, 0.0) + seconds
+            record = {"stage": name, "seconds": seconds, **fields, **extra}
+            for count, rate in RATE_FIELDS.items():
+                if count in record and rate not in record and seconds > 0:
+                    record[rate] = record[count] / seconds
+            if self.logger is not None:
+                self.logger.log("stage", **record)
+
+    def breakdown(self) -> dict[str, float]:
+        """Total seconds per stage so far, in pipeline order (stages never entered are absent)."""
+        return {s: self._totals[s] for s in STAGES if s in self._totals}
+
+    def progress(self, iterable: Iterable[T], desc: str, total: int | None = None) -> Iterable[T]:
+        """`progress(...)` with this timer's on/off switch."""
+        return progress(iterable, desc, total, enabled=self.show_progress)

@@ -1,0 +1,135 @@
+"""Typed configs: defaults, YAML + overrides, and one-line errors naming the key."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from apo_pipeline.config import (
+    JOB_CONFIGS,
+    APOConfig,
+    ConfigError,
+    OnMCPOConfig,
+    dump_config,
+    load_config,
+    parse_override,
+)
+from apo_pipeline.launch import CONFIG_DIR, resolve_preset
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def error_of(cls, overrides, config_file=None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(cls, config_file, overrides)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_defaults_match_the_paper_setup():
+    cfg = OnMCPOConfig()
+    assert cfg.generation.temperatures == [0.6, 0.8, 1.0]
+    assert cfg.generation.n_per_temperature == 2
+    assert cfg.generation.num_candidates == 6
+    assert cfg.loop.segments == 3
+    assert APOConfig().loop.alpha == 0.3 and APOConfig().loop.iterations == 3
+
+
+def test_overrides_are_typed_from_yaml():
+    assert parse_override("learner.lr=0.5") == (["learner", "lr"], 0.5)
+    assert parse_override("generation.temperatures=[0.5, 1.0]") == (["generation", "temperatures"], [0.5, 1.0])
+    cfg = load_config(OnMCPOConfig, None, ["learner.lr=1e-5", "generation.temperatures=[0.5, 1.0]", "deterministic=true"])
+    assert cfg.learner.lr == 1e-5 and cfg.generation.temperatures == [0.5, 1.0] and cfg.deterministic is True
+
+
+def test_unknown_key_names_it_and_suggests():
+    msg = error_of(OnMCPOConfig, ["generation.temperture=[1.0]"])
+    assert "generation.temperture" in msg and "unknown key" in msg and "generation.temperatures" in msg
+
+
+def test_unknown_top_level_section():
+    assert "lerner" in error_of(OnMCPOConfig, ["lerner.lr=1"])
+
+
+def test_wrong_type_names_key_and_value():
+    msg = error_of(OnMCPOConfig, ["learner.lr=fast"])
+    assert msg.startswith("config error: learner.lr:") and "fast" in msg
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["generation.temperatures=[1.0]", "generation.n_per_temperature=1"], "generation.n_per_temperature"),
+        (["algorithm.num_negatives=6"], "algorithm.num_negatives"),
+        (["algorithm.num_negatives=2"], "algorithm.num_negatives"),
+        (["algorithm.loss=nope"], "algorithm.loss"),
+        (["model.dtype=bfloat16"], "model.dtype"),
+        (["cluster.use_gpu=true", "cluster.num_gpus=2", "cluster.learner_ranks=4"], "cluster.learner_ranks"),
+        (["cluster.num_cpus=2", "cluster.learner_ranks=4"], "cluster.learner_ranks"),
+        (["judge.backend=llm"], "judge.model"),
+        (["generation.temperatures=[0.0, 1.0]"], "generation.temperatures"),
+    ],
+)
+def test_impossible_combinations_name_the_key(overrides, key):
+    assert f"config error: {key}:" in error_of(OnMCPOConfig, overrides)
+
+
+@pytest.mark.parametrize("alpha", ["1.0", "-0.1"])
+def test_apo_alpha_outside_unit_interval(alpha):
+    assert "config error: loop.alpha:" in error_of(APOConfig, [f"loop.alpha={alpha}"])
+
+
+def test_apo_rejects_losses_it_does_not_take():
+    assert "config error: algorithm.loss:" in error_of(APOConfig, ["algorithm.loss=simpo"])
+
+
+def test_rnce_accepts_several_negatives():
+    cfg = load_config(OnMCPOConfig, None, ["algorithm.loss=rnce", "algorithm.num_negatives=3"])
+    assert cfg.algorithm.num_negatives == 3
+
+
+def test_yaml_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    assert str(bad) in error_of(OnMCPOConfig, [], bad)
+    assert "not found" in error_of(OnMCPOConfig, [], tmp_path / "missing.yaml")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(OnMCPOConfig, None, ["seed=7", "learner.zero_stage=3"])
+    dump_config(cfg, tmp_path / "config.yaml")
+    again = load_config(OnMCPOConfig, tmp_path / "config.yaml")
+    assert again == cfg
+
+
+@pytest.mark.parametrize("job", sorted(JOB_CONFIGS))
+def test_shipped_configs_and_smoke_presets_validate(job):
+    cfg = load_config(JOB_CONFIGS[job], CONFIG_DIR / f"{job}.yaml", [], resolve_preset(job, "smoke"))
+    assert cfg.job == job
+
+
+def test_every_shipped_yaml_validates():
+    for path in sorted(CONFIG_DIR.rglob("*.yaml")):
+        data = yaml.safe_load(path.read_text())
+        job = data.get("job") or next(j for j in JOB_CONFIGS if path.stem.startswith(j))
+        load_config(JOB_CONFIGS[job], path)
+
+
+def test_unknown_preset_lists_known_ones():
+    with pytest.raises(ConfigError, match="smoke"):
+        resolve_preset("onmcpo", "nope")
+
+
+def test_job_with_a_mistyped_key_fails_before_ray_starts(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "onmcpo.py"), f"--run-dir={tmp_path}", "learner.lrr=1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "learner.lrr: unknown key" in proc.stderr and "learner.lr" in proc.stderr
+    assert "Ray" not in proc.stderr and not any(tmp_path.iterdir())

@@ -1,0 +1,171 @@
+"""MetricsLogger (jsonl, TensorBoard, Ray metrics) and StageTimer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from apo_pipeline.monitoring import STAGES, MetricsLogger, StageTimer, progress, read_metrics
+
+
+def _lines(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_log_appends_flushed_json_lines(tmp_path):
+    logger = MetricsLogger(tmp_path, ray_metrics=False)
+    t0 = time.time()
+    logger.log("train", step=1, loss=np.float32(0.5), accuracy=torch.tensor(0.75), lr=1e-5)
+    assert len(_lines(tmp_path)) == 1  # flushed before close
+    logger.log("eval", iteration=0, reward_mean=float("nan"), win_rate=0.5, path=tmp_path, counts=np.arange(2))
+    logger.close()
+    logger.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        logger.log("eval", iteration=1)
+    train, evl = _lines(tmp_path)
+    assert train["event"] == "train" and t0 <= train["time"] <= time.time()
+    assert train["loss"] == 0.5 and train["accuracy"] == 0.75 and train["step"] == 1
+    assert evl["reward_mean"] is None and evl["path"] == str(tmp_path) and evl["counts"] == [0, 1]
+    with MetricsLogger(tmp_path, ray_metrics=False) as again:  # appends, never truncates
+        again.log("judge", asked=4, scored=4, failed=0, retried=0, ties=1)
+    assert [e["event"] for e in _lines(tmp_path)] == ["train", "eval", "judge"]
+
+
+def test_read_metrics_filters_and_tolerates_a_torn_last_line(tmp_path, caplog):
+    with MetricsLogger(tmp_path, ray_metrics=False) as logger:
+        logger.log("train", step=1, loss=1.0)
+        logger.log("eval", iteration=0, reward_mean=0.1, win_rate=0.5)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('garbage\n{"no_event": 1}\n{"event": "train", "st')
+    with caplog.at_level(logging.WARNING):
+        events = read_metrics(tmp_path)
+    assert [e["event"] for e in events] == ["train", "eval"]
+    assert read_metrics(tmp_path / "metrics.jsonl", event="eval")[0]["reward_mean"] == 0.1
+    assert "line 3: not JSON" in caplog.text and "line 4: no 'event'" in caplog.text and "line 5" not in caplog.text
+
+
+def test_tensorboard_missing_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(RuntimeError, match=r"monitoring\.tensorboard=true needs the tensorboard package"):
+        MetricsLogger(tmp_path, ray_metrics=False, tensorboard=True)
+
+
+def test_tensorboard_scalars(tmp_path, monkeypatch):
+    scalars = []
+
+    class FakeWriter:
+        def __init__(self, log_dir):
+            self.log_dir = log_dir
+
+        def add_scalar(self, tag, value, global_step):
+            scalars.append((tag, value, global_step))
+
+        def close(self):
+            scalars.append("closed")
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    with MetricsLogger(tmp_path, ray_metrics=False, tensorboard=True) as logger:
+        logger.log("train", step=7, loss=0.25, note="text")
+        logger.log("stage", stage="generate", seconds=1.5, iteration=2)
+        logger.log("judge", asked=3)
+        logger.log("judge", asked=5)
+    assert scalars == [
+        ("train/loss", 0.25, 7), ("stage/generate/seconds", 1.5, 2),
+        ("judge/asked", 3, 0), ("judge/asked", 5, 1), "closed",
+    ]
+
+
+def test_ray_metrics_skipped_without_ray(tmp_path):
+    ray = pytest.importorskip("ray")
+    assert not ray.is_initialized()
+    with MetricsLogger(tmp_path, ray_metrics=True) as logger:
+        logger.log("train", step=1, loss=0.1)
+        assert logger._ray == {}
+
+
+@pytest.mark.slow
+def test_ray_metrics_mirror(tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
+    from ray.util import metrics
+
+    calls = []
+
+    def spy(cls: type, method: str) -> None:
+        real = getattr(cls, method)
+
+        def recorded(self, value, tags=None):
+            calls.append((self.info["name"], method, value, tags))
+            return real(self, value, tags=tags)
+
+        monkeypatch.setattr(cls, method, recorded)
+
+    spy(metrics.Gauge, "set")
+    spy(metrics.Counter, "inc")
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        with MetricsLogger(tmp_path / "myrun", ray_metrics=True) as logger:
+            logger.log("train", step=3, loss=0.5, flag=True, nan=float("nan"))
+            logger.log("stage", stage="judge", seconds=2.0, iteration=1)
+            logger.log("judge", asked=6, failed=0, ties=2)
+            infos = {name: (type(m).__name__, m.info["tag_keys"]) for name, m in logger._ray.items()}
+    finally:
+        ray.shutdown()
+    assert infos == {
+        "apo_train_step": ("Gauge", ("run",)), "apo_train_loss": ("Gauge", ("run",)),
+        "apo_stage_seconds": ("Gauge", ("run", "stage")), "apo_stage_iteration": ("Gauge", ("run", "stage")),
+        "apo_judge_asked": ("Counter", ("run",)), "apo_judge_failed": ("Counter", ("run",)),
+        "apo_judge_ties": ("Counter", ("run",)),
+    }
+    assert ("apo_train_loss", "set", 0.5, {"run": "myrun"}) in calls
+    assert ("apo_stage_seconds", "set", 2.0, {"run": "myrun", "stage": "judge"}) in calls
+    assert ("apo_judge_asked", "inc", 6.0, {"run": "myrun"}) in calls
+    assert not [c for c in calls if c[0] == "apo_judge_failed"]  # zero counts are not increments
+
+
+def test_stage_timer_logs_and_breaks_down(tmp_path):
+    logger = MetricsLogger(tmp_path, ray_metrics=False)
+    timer = StageTimer(logger, progress=False)
+    with timer.stage("generate", iteration=3) as st:
+        time.sleep(0.02)
+        st["tokens"] = 100
+    with timer.stage("generate", iteration=4):
+        pass
+    with pytest.raises(ZeroDivisionError):
+        with timer.stage("train", iteration=4, pairs=8):
+            1 / 0
+
+    @timer.stage("sync", iteration=4)
+    def sync() -> str:
+        return "done"
+
+    assert sync() == "done" and sync() == "done"
+    logger.close()
+    events = read_metrics(tmp_path, event="stage")
+    assert [e["stage"] for e in events] == ["generate", "generate", "train", "sync", "sync"]
+    gen = events[0]
+    assert gen["iteration"] == 3 and gen["seconds"] >= 0.02 and gen["tokens"] == 100
+    assert gen["tokens_per_s"] == pytest.approx(100 / gen["seconds"])
+    assert events[2]["error"] == "ZeroDivisionError" and "pairs_per_s" in events[2]
+    breakdown = timer.breakdown()
+    assert list(breakdown) == ["generate", "train", "sync"]
+    assert breakdown["generate"] == pytest.approx(events[0]["seconds"] + events[1]["seconds"])
+
+
+def test_stage_names_are_checked():
+    with pytest.raises(ValueError, match="stage: expected one of generate"):
+        with StageTimer().stage("generation"):
+            pass
+    assert STAGES == ("generate", "judge", "ref_logprobs", "train", "sync", "checkpoint", "eval")
+
+
+def test_progress_passes_items_through(capsys):
+    assert list(progress(range(3), "gen")) == [0, 1, 2]
+    assert list(StageTimer(progress=False).progress(iter("ab"), "judge", total=2)) == ["a", "b"]
+    assert capsys.readouterr().err == ""  # not a TTY under pytest: no bar

@@ -1,0 +1,137 @@
+"""Report plots and summaries from a synthetic metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from matplotlib.image import imread
+
+from apo_pipeline.report import write_comparison, write_report
+from apo_pipeline.report.plots import series, stage_seconds
+
+
+def _events(reward_gain: float = 0.1, dynamics: bool = True) -> list[dict]:
+    events: list[dict] = [{"event": "run_start", "time": 0.0}]
+    step = 0
+    for it in range(4):
+        events.append({"event": "eval", "time": 1.0, "iteration": it, "reward_mean": 0.2 + reward_gain * it,
+                       "win_rate": 0.5 + 0.1 * it, "reward_greedy": 0.3 + reward_gain * it})
+        if it == 3:
+            break
+        for stage, seconds in (("generate", 2.0), ("judge", 1.0), ("ref_logprobs", 0.5), ("train", 3.0),
+                               ("sync", 0.2), ("checkpoint", 0.3)):
+            events.append({"event": "stage", "time": 1.0, "stage": stage, "seconds": seconds, "iteration": it + 1})
+        events.append({"event": "judge", "time": 1.0, "asked": 8, "scored": 8, "failed": 0, "retried": 0, "ties": 1})
+        for _ in range(5):
+            step += 1
+            train = {"event": "train", "time": 1.0, "step": step, "iteration": it + 1, "loss": 0.7 - 0.02 * step,
+                     "margin": 0.05 * step, "accuracy": 0.6, "chosen_reward": 0.01 * step,
+                     "rejected_reward": -0.01 * step, "lr": 1e-5, "grad_norm": 1.0, "mc_entropy": 1.2,
+                     "pairs_per_s": 10.0, "tokens_per_s": 300.0}
+            if dynamics:
+                train.update(dyn_pos_norm=1.0 / step, dyn_neg_norm=0.5 + 0.1 * step, dyn_weight_mean=0.5)
+            events.append(train)
+    events.append({"event": "stage", "time": 1.0, "stage": "eval", "seconds": 4.0})
+    return events
+
+
+def _run(tmp_path: Path, name: str, events: list[dict], config: dict | None = None) -> Path:
+    run = tmp_path / name
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    if config is not None:
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    return run
+
+
+def _assert_drawn_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = imread(path)
+    assert pixels.shape[0] > 100 and float(np.std(pixels)) > 0.01  # not a blank canvas
+
+
+def test_report_writes_all_plots_and_markdown(tmp_path):
+    config = {"job": "apo", "name": "r", "algorithm": {"loss": "dpo", "beta": 0.1}, "loop": {"iterations": 3, "alpha": 0.3}}
+    run = _run(tmp_path, "r", _events(), config)
+    written = write_report(run)
+    names = [p.name for p in written]
+    assert names == ["eval.png", "train.png", "stages.png", "dynamics.png", "report.md"]
+    assert all(p.parent == run / "report" for p in written)
+    for png in written[:-1]:
+        _assert_drawn_png(png)
+    md = (run / "report" / "report.md").read_text()
+    assert "| mean reward (sampled) | 0.2 | 0.5 |" in md
+    assert "| win-rate vs start (sampled) | 0.5 | 0.8 |" in md
+    assert "| train steps |  | 15 |" in md
+    assert "| train | 9.0 | " in md and "| eval | 4.0 | " in md and "| **total** | 25.0 | 100% |" in md
+    assert "| algorithm.loss | dpo |" in md and "| loop.alpha | 0.3 |" in md
+    for name in names[:-1]:
+        assert f"]({name})" in md
+
+
+def test_plots_without_data_are_skipped(tmp_path):
+    events = [e for e in _events(dynamics=False) if e["event"] != "stage"]
+    run = _run(tmp_path, "r", events)
+    (run / "report").mkdir()
+    (run / "report" / "stages.png").write_bytes(b"stale")
+    names = [p.name for p in write_report(run)]
+    assert names == ["eval.png", "train.png", "report.md"]
+    assert sorted(p.name for p in (run / "report").iterdir()) == ["eval.png", "report.md", "train.png"]
+    md = (run / "report" / "report.md").read_text()
+    assert "Time by stage" not in md and "dynamics.png" not in md and "Config" not in md
+
+    only_eval = _run(tmp_path, "e", [{"event": "eval", "time": 0, "iteration": 0, "reward_mean": 0.1, "win_rate": 0.5}])
+    assert [p.name for p in write_report(only_eval)] == ["eval.png", "report.md"]
+    empty = _run(tmp_path, "empty", [])
+    assert [p.name for p in write_report(empty)] == ["report.md"]
+
+
+def test_report_needs_metrics(tmp_path):
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+        write_report(tmp_path)
+
+
+def test_series_dedupes_resumed_steps_and_stage_table():
+    events = _events()
+    events.append({"event": "train", "time": 2.0, "step": 3, "loss": 9.0})  # re-done after a resume
+    xs, ys = series(events, "train", "step", "loss")
+    assert xs == list(range(1, 16)) and ys[2] == 9.0
+    table = stage_seconds(events)
+    assert list(table) == ["1", "2", "3", "other"]
+    assert table["1"]["generate"] == 2.0 and table["other"] == {"eval": 4.0}
+
+
+def test_comparison_overlays_runs(tmp_path):
+    a = _run(tmp_path / "x", "dpo", _events(0.1))
+    b = _run(tmp_path / "y", "apo", _events(0.2))
+    out = tmp_path / "cmp"
+    written = write_comparison([a, b], out)
+    assert [p.name for p in written] == ["reward.png", "win_rate.png", "loss.png", "comparison.md"]
+    for png in written[:-1]:
+        _assert_drawn_png(png)
+    md = (out / "comparison.md").read_text()
+    assert "| dpo | 0.5 | 0.8 | 25.0 |" in md and "| apo | 0.8 | 0.8 | 25.0 |" in md
+
+    same = _run(tmp_path / "z", "dpo", _events(0.3))
+    md = (write_comparison([a, same], out)[-1]).read_text()
+    assert "| x/dpo |" in md and "| z/dpo |" in md
+
+
+def test_comparison_legend_has_run_names(tmp_path, monkeypatch):
+    from apo_pipeline.report import plots
+
+    legends = []
+    real = plots.line_panels
+
+    def spy(path, panels, xlabel, title):
+        legends.append((path.name, [[line[0] for line in lines] for _, lines in panels]))
+        return real(path, panels, xlabel, title)
+
+    monkeypatch.setattr(plots, "line_panels", spy)
+    runs = [_run(tmp_path, "dpo", _events()), _run(tmp_path, "apo", _events())]
+    write_comparison(runs, tmp_path / "cmp")
+    assert ("reward.png", [["dpo", "apo"]]) in legends and ("loss.png", [["dpo", "apo"]]) in legends
