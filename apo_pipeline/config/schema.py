@@ -21,9 +21,6 @@ from apo_pipeline.config.sections import (
     SyncConfig,
 )
 
-PAIRWISE_ONLY_LOSSES = ("rnce",)
-
-
 class ConfigError(ValueError):
     """A config problem, phrased as one line that names the key."""
 
@@ -59,6 +56,7 @@ def _fail(key: str, message: str) -> None:
 def _check_common(cfg: BaseJobConfig) -> None:
     """Cross-field rules; each failure names the key it is about."""
     from apo_pipeline.losses import list_losses
+    from apo_pipeline.losses.dispatch import loss_spec
 
     k = cfg.generation.num_candidates
     if k < 2:
@@ -67,11 +65,13 @@ def _check_common(cfg: BaseJobConfig) -> None:
         _fail("generation.temperatures", "every temperature must be > 0")
     if cfg.algorithm.loss not in list_losses():
         _fail("algorithm.loss", f"unknown loss {cfg.algorithm.loss!r}; choose one of {', '.join(list_losses())}")
+    allowed = sorted(loss_spec(cfg.algorithm.loss).options)
+    for key in cfg.algorithm.loss_options:
+        if key not in allowed:
+            _fail(f"algorithm.loss_options.{key}", f"not an option of {cfg.algorithm.loss!r} (it takes: {', '.join(allowed) or 'none'})")
     m = cfg.algorithm.num_negatives
     if m > k - 1:
         _fail("algorithm.num_negatives", f"{m} negatives but only K-1 = {k - 1} non-preferred candidates")
-    if m > 1 and cfg.algorithm.loss not in PAIRWISE_ONLY_LOSSES:
-        _fail("algorithm.num_negatives", f"{m} negatives need a multi-negative loss (rnce), not {cfg.algorithm.loss!r}")
     if cfg.algorithm.cdpo is not None:
         t1, t2 = cfg.algorithm.cdpo
         if not 0 <= t1 < t2:

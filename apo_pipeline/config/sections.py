@@ -19,7 +19,7 @@ class Section(BaseModel):
 class ModelConfig(Section):
     """The policy. `builtin:tiny` builds the local tiny Qwen2 model; anything else is an HF model directory."""
 
-    path: str = "builtin:tiny"
+    path: str = Field("builtin:tiny", description="`builtin:tiny` or a local HF model directory (never downloaded)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_model_len: int = Field(128, ge=8)
     trust_remote_code: bool = False
@@ -29,14 +29,14 @@ class ModelConfig(Section):
 class DataConfig(Section):
     """Prompt sources: `builtin`, a JSONL file (`prompt` field), a Parquet file or a `datasets` directory."""
 
-    prompts: str = "builtin"
+    prompts: str = Field("builtin", description="`builtin`, a .jsonl / .parquet file or a datasets directory")
     eval_prompts: str = "builtin"
     num_prompts: int | None = Field(64, ge=1, description="train prompts used (None = all)")
     num_eval_prompts: int = Field(32, ge=1)
-    on_error: Literal["raise", "skip"] = "raise"
-    chat: bool = False
+    on_error: Literal["raise", "skip"] = Field("raise", description="a malformed prompt row: stop naming file and row, or skip and count")
+    chat: bool = Field(False, description="apply the tokenizer's chat template to prompts")
     max_prompt_tokens: int = Field(64, ge=1)
-    overlong: Literal["skip", "truncate"] = "skip"
+    overlong: Literal["skip", "truncate"] = Field("skip", description="prompts over max_prompt_tokens: skipped or left-truncated (counted)")
 
 
 class GenerationConfig(Section):
@@ -55,10 +55,10 @@ class GenerationConfig(Section):
 class JudgeConfig(Section):
     """`reward`: Bradley-Terry over a reward function; `llm`: an instruct model read through label log-probs."""
 
-    backend: Literal["reward", "llm"] = "reward"
-    reward_fn: str = "builtin"
+    backend: Literal["reward", "llm"] = Field("reward", description="`reward`: Bradley-Terry over reward_fn; `llm`: judge.model on vLLM")
+    reward_fn: str = Field("builtin", description="`builtin` (the task's r*) or `module:function`")
     bt_scale: float = Field(8.0, gt=0.0, description="logit scale of r* differences")
-    mode: Literal["prob", "sample"] = "sample"
+    mode: Literal["prob", "sample"] = Field("sample", description="reward judge: return P(a>b) or a seeded Bernoulli draw of it")
     model: str | None = None
     template: str = (
         "Which response answers the prompt better?\nPrompt: {prompt}\n"
@@ -73,12 +73,16 @@ class JudgeConfig(Section):
 class AlgorithmConfig(Section):
     """The training objective: a loss of `apo_pipeline.losses` and how negatives are drawn."""
 
-    loss: str = "dpo"
-    beta: float = Field(0.1, gt=0.0)
-    loss_options: dict[str, float | bool] = Field(default_factory=dict)
-    negatives: Literal["mc", "random", "max", "min"] = "mc"
-    num_negatives: int = Field(1, ge=1)
-    mc_steps: int = Field(1, ge=1)
+    loss: str = Field("dpo", description="a name of apo_pipeline.losses.list_losses()")
+    beta: float = Field(0.1, gt=0.0, description="KL weight of the implicit reward beta*log(pi/pi_ref); also the MC kernel's")
+    loss_options: dict[str, float | bool] = Field(
+        default_factory=dict, description="the loss's own options (docs/algorithms.md), e.g. {label_smoothing: 0.1}"
+    )
+    negatives: Literal["mc", "random", "max", "min"] = Field(
+        "mc", description="negative sampler: MC kernel, uniform (RNCE), argmax or argmin of the kernel weights"
+    )
+    num_negatives: int = Field(1, ge=1, description="M negatives per prompt; pairwise losses average over the M pairs")
+    mc_steps: int = Field(1, ge=1, description="MC chain length (docs/algorithms.md)")
     cdpo: tuple[int, int] | None = Field(None, description="(t1, t2) of the cDPO schedule, None = off")
     dynamics_every: int = Field(0, ge=0, description="log POS/NEG gradient norms every N steps (0 = off)")
 

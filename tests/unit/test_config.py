@@ -64,7 +64,7 @@ def test_wrong_type_names_key_and_value():
     [
         (["generation.temperatures=[1.0]", "generation.n_per_temperature=1"], "generation.n_per_temperature"),
         (["algorithm.num_negatives=6"], "algorithm.num_negatives"),
-        (["algorithm.num_negatives=2"], "algorithm.num_negatives"),
+        (["algorithm.loss_options={gamma: 1.0}"], "algorithm.loss_options.gamma"),
         (["algorithm.loss=nope"], "algorithm.loss"),
         (["model.dtype=bfloat16"], "model.dtype"),
         (["cluster.use_gpu=true", "cluster.num_gpus=2", "cluster.learner_ranks=4"], "cluster.learner_ranks"),
