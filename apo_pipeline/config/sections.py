@@ -23,7 +23,6 @@ class ModelConfig(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_model_len: int = Field(128, ge=8)
     trust_remote_code: bool = False
-    warmup_steps: int = Field(600, ge=0, description="SFT warm-up steps of the built-in tiny model")
 
 
 class DataConfig(Section):

@@ -26,10 +26,13 @@ def _bundle(cpus: float, gpus: float) -> dict[str, float]:
 
 @dataclass
 class Placement:
-    """Placement groups for one pipeline. Call `create()` once, `options(role, i)` per actor."""
+    """Placement groups for one pipeline. Call `create()` once, `options(role, i)` per actor.
+
+    Groups are named `<prefix>-<role>-<i>`; give each pipeline of one Ray session its own prefix."""
 
     cluster: ClusterConfig
     llm_judge: bool = False
+    prefix: str = "apo"
     groups: dict[str, list[PlacementGroup]] = field(default_factory=dict)
 
     def _specs(self) -> dict[str, list[list[dict[str, float]]]]:
@@ -46,7 +49,7 @@ class Placement:
     def create(self, timeout_s: float = 120.0) -> "Placement":
         """Reserve every bundle; raises TimeoutError naming the role whose resources never came."""
         for role, group_specs in self._specs().items():
-            self.groups[role] = [placement_group(b, strategy="PACK", name=f"apo-{role}-{i}") for i, b in enumerate(group_specs)]
+            self.groups[role] = [placement_group(b, strategy="PACK", name=f"{self.prefix}-{role}-{i}") for i, b in enumerate(group_specs)]
         for role, pgs in self.groups.items():
             ready, _ = ray.wait([pg.ready() for pg in pgs], num_returns=len(pgs), timeout=timeout_s)
             if len(ready) < len(pgs):

@@ -38,20 +38,21 @@ class Comparison:
 class Judgement:
     """The judge's verdict on one prompt's K candidates.
 
+    `winner` is None when the ranking failed (the prompt is dropped, never given a default winner);
     `comparisons` is the log in the order asked; `win_matrix[i][j]` = P(i beats j), shape [K, K]
     (present when the loss needs it, e.g. SPPO); `failures` holds the messages of comparisons that
     still failed after retries.
     """
 
     prompt_index: int
-    winner: int
+    winner: int | None
     comparisons: list[Comparison] = field(default_factory=list)
     win_matrix: list[list[float]] | None = None
     failures: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.winner < 0:
-            raise ValueError(f"winner: must be >= 0, got {self.winner}")
+        if self.winner is not None and self.winner < 0:
+            raise ValueError(f"winner: must be >= 0 or None (ranking failed), got {self.winner}")
         for n, c in enumerate(self.comparisons):
             if c.a == c.b or min(c.a, c.b) < 0:
                 raise ValueError(f"comparisons[{n}]: needs two different indices >= 0, got ({c.a}, {c.b})")
@@ -61,7 +62,7 @@ class Judgement:
             k = len(self.win_matrix)
             if any(len(row) != k for row in self.win_matrix):
                 raise ValueError(f"win_matrix: must be square [K, K], got rows of {[len(r) for r in self.win_matrix]}")
-            if self.winner >= k:
+            if self.winner is not None and self.winner >= k:
                 raise ValueError(f"winner: {self.winner} outside 0..{k - 1} of the win_matrix")
 
 
@@ -82,7 +83,7 @@ ROLLOUTS_SCHEMA = pa.schema([
 _COMPARISON = pa.struct([("a", pa.int32()), ("b", pa.int32()), ("prob_a", pa.float64())])
 JUDGEMENTS_SCHEMA = pa.schema([
     pa.field("prompt_index", pa.int64(), nullable=False),
-    pa.field("winner", pa.int32(), nullable=False),
+    pa.field("winner", pa.int32(), nullable=True),
     pa.field("comparisons", pa.list_(_COMPARISON), nullable=False),
     pa.field("win_matrix", pa.list_(_F64S), nullable=True),
     pa.field("failures", pa.list_(pa.string()), nullable=False),

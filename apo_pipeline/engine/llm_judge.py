@@ -1,0 +1,140 @@
+"""The `llm` judge backend: an instruct model on its own vLLM engine read through label log-probs.
+
+Each comparison (prompt, a, b) is rendered with `JudgeConfig.template` ({prompt}, {a}, {b}; as
+the user turn of the model's chat template when `chat`), and the engine returns the top
+`top_logprobs` next-token log-probs. With l_a, l_b the log-probs of the two label tokens,
+P(a beats b) = exp(l_a) / (exp(l_a) + exp(l_b)). A label missing from the top-k is given the
+smallest top-k log-prob (an upper bound of its own); a reply with neither label in the top-k,
+or a failed engine call, is asked again up to `max_retries` times and then returned as None
+(scoring is greedy, so a top-k miss usually repeats; a retry mostly helps when the call failed).
+A comparison whose rendered prompt does not fit `max_model_len` is None at once.
+
+One `compare_batch` is one vLLM `generate` call (plus one per retry round that has work);
+both orders are the ranking's business (`apo_pipeline.ranking`), not this backend's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+from apo_pipeline.config.sections import ClusterConfig, JudgeConfig
+from apo_pipeline.engine.generation import encode_prompt
+from apo_pipeline.engine.vllm_env import build_llm, llm_kwargs
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+Comparison = tuple[str, str, str]
+
+
+def label_token_ids(tokenizer: "PreTrainedTokenizerBase", labels: tuple[str, str]) -> tuple[int, int]:
+    """The token id of each label; ValueError unless both are single, distinct, known tokens."""
+    ids = []
+    for label in labels:
+        tokens = tokenizer.encode(label, add_special_tokens=False)
+        if len(tokens) != 1 or tokens[0] == tokenizer.unk_token_id:
+            raise ValueError(
+                f"judge.labels: {label!r} is {len(tokens)} token(s) {tokens} under the judge's tokenizer; "
+                "each label must be exactly one known token (try a shorter label or one with a leading space)"
+            )
+        ids.append(tokens[0])
+    if ids[0] == ids[1]:
+        raise ValueError(f"judge.labels: {labels} map to the same token {ids[0]}")
+    return ids[0], ids[1]
+
+
+def verdict(top: dict[int, float], label_ids: tuple[int, int]) -> float | None:
+    """P(first label) from one step's top-k log-probs {token id: log-prob}; None if neither label is there."""
+    found = [top.get(i) for i in label_ids]
+    if found[0] is None and found[1] is None:
+        return None
+    floor = min(top.values())
+    la, lb = (floor if v is None else v for v in found)
+    return 1.0 / (1.0 + math.exp(lb - la))
+
+
+class LLMJudgeBackend:
+    """`compare_batch` over a vLLM engine built in this process (the judge actor's)."""
+
+    def __init__(
+        self,
+        model_path: str,
+        judge: JudgeConfig,
+        cluster: ClusterConfig,
+        *,
+        top_logprobs: int = 20,
+        chat: bool = False,
+        seed: int = 0,
+    ) -> None:
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.label_ids = label_token_ids(self.tokenizer, judge.labels)
+        self.template = judge.template
+        self.chat = chat
+        self.max_retries = judge.max_retries
+        self.max_model_len = judge.max_model_len
+        self.top_logprobs = top_logprobs
+        self.llm = build_llm(
+            llm_kwargs(
+                model_path,
+                cluster,
+                tp=cluster.judge_tp,
+                max_model_len=judge.max_model_len,
+                seed=seed,
+                logprobs_mode="raw_logprobs",
+                max_logprobs=top_logprobs,
+            )
+        )
+        self.counts = {"asked": 0, "scored": 0, "retried": 0, "failed": 0, "overlong": 0, "errors": 0, "calls": 0}
+
+    def encode(self, item: Comparison) -> list[int]:
+        """Token ids of one rendered comparison."""
+        prompt, a, b = item
+        text = self.template.format(prompt=prompt, a=a, b=b)
+        return encode_prompt(self.tokenizer, [{"role": "user", "content": text}] if self.chat else text)[1]
+
+    def compare_batch(self, items: list[Comparison]) -> list[float | None]:
+        """P(a beats b) for each (prompt, a, b), or None where it could not be scored."""
+        self.counts["asked"] += len(items)
+        encoded = [self.encode(item) for item in items]
+        results: list[float | None] = [None] * len(items)
+        todo = [i for i, ids in enumerate(encoded) if len(ids) < self.max_model_len]
+        self.counts["overlong"] += len(items) - len(todo)
+        for attempt in range(self.max_retries + 1):
+            if not todo:
+                break
+            if attempt:
+                self.counts["retried"] += len(todo)
+            scores = self._score([encoded[i] for i in todo])
+            for i, p in zip(todo, scores):
+                results[i] = p
+            todo = [i for i in todo if results[i] is None]
+        self.counts["scored"] += sum(p is not None for p in results)
+        self.counts["failed"] += sum(p is None for p in results)
+        return results
+
+    def _score(self, prompts: list[list[int]]) -> list[float | None]:
+        """One generate call: a verdict per prompt (all None if the call raised)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=self.top_logprobs)
+        self.counts["calls"] += 1
+        try:
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        except Exception as err:  # an engine failure is a failed round of comparisons, retried
+            self.counts["errors"] += 1
+            log.warning("judge generate call failed for %d comparisons: %s", len(prompts), err)
+            return [None] * len(prompts)
+        return [
+            verdict({tok: lp.logprob for tok, lp in out.outputs[0].logprobs[0].items()}, self.label_ids)
+            for out in outputs
+        ]
+
+    def metrics(self) -> dict[str, Any]:
+        """Counts: asked, scored, retried, failed (returned None), overlong, errors, calls."""
+        return dict(self.counts)

@@ -1,0 +1,1 @@
+"""The loops: OnMC-PO (`onmcpo`), iterative APO (`apo`), offline MC-PO (`mcpo`)."""

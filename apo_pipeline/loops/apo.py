@@ -1,0 +1,54 @@
+"""Iterative APO (accelerated preference optimization; alpha = 0 is iterative DPO / IPO / SPPO).
+
+    theta_1 = the starting policy; thetahat_0 := theta_1
+    for t = 1 .. T:
+        sample K candidates per prompt from pi_t
+        judge: iterative ranking -> (winner, a random other)   [dpo / ipo]
+               full win-rate matrix -> (argmax, argmin) + win probabilities   [sppo]
+        store log pi_t of the pair (pi_t is the reference of this iteration)
+        thetahat_{t+1} = E epochs of the loss against pi_t (fresh optimizer)
+        theta_{t+1} = thetahat_{t+1} + alpha (thetahat_{t+1} - thetahat_t)
+        sync theta_{t+1} into the engines, evaluate
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from apo_pipeline.config import APOConfig
+from apo_pipeline.loops.pairs import sppo_pairs, winner_vs_random
+from apo_pipeline.loops.pipeline import Pipeline, judgements_from_rankings, judgements_from_win_rates
+from apo_pipeline.loops.schedule import epoch_steps, split_segments
+
+
+def run(cfg: APOConfig, run_dir: Path) -> Path:
+    """Run iterative APO; returns the final policy's HF directory (`<run_dir>/final`)."""
+    T, alpha = cfg.loop.iterations, cfg.loop.alpha
+    pipe = Pipeline(cfg, run_dir, unit="iteration", total_steps=1)
+    try:
+        pipe.evaluate(0)
+        pipe.learner.snapshot_weights()
+        chunks = split_segments(pipe.prompts.train, T)
+        step = 0
+        for t, prompts in enumerate(chunks, start=1):
+            rollouts = pipe.generate(prompts, t)
+            if cfg.algorithm.loss == "sppo":
+                rates = pipe.win_rates(rollouts, t)
+                built, judgements = sppo_pairs(rollouts, rates), judgements_from_win_rates(rollouts, rates)
+            else:
+                rankings = pipe.rank(rollouts, t)
+                built = winner_vs_random(rollouts, rankings, seed=cfg.seed * 31 + t)
+                judgements = judgements_from_rankings(rollouts, rankings)
+            pipe.log.log("data", iteration=t, prompts=len(rollouts), dropped_by_judge=built.dropped)
+            groups = pipe.reference_logps(built.groups, t)
+            pipe.save_tables(t, rollouts, judgements, groups)
+            steps = epoch_steps(len(groups), pipe.batch_size, cfg.loop.epochs)
+            pipe.learner.new_iteration(steps)
+            step = pipe.train(groups, steps, t, step)
+            pipe.learner.extrapolate(alpha)
+            pipe.sync(t)
+            if pipe.should_evaluate(t, T):
+                pipe.evaluate(t)
+        return pipe.export_final()
+    finally:
+        pipe.shutdown()

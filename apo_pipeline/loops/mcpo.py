@@ -1,0 +1,65 @@
+"""Offline MC-PO (MC-PO paper, Algorithm 1) on a dataset that already holds K candidates per prompt.
+
+    dataset = rows (x, y_1..y_K, preferred w)     [`builtin`: sampled once from the starting
+                                                   policy and ranked by the judge]
+    store log pi_ref of every candidate (pi_ref = the starting policy)
+    for each epoch: train, each step drawing M negatives with the sampler
+                    (mc: softmax(beta log pi/pi_ref); random = RNCE; max; min)
+                    then sync and evaluate
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from apo_pipeline.config import MCPOConfig
+from apo_pipeline.loops.offline_data import read_candidate_rows, tokenize_rows
+from apo_pipeline.loops.pairs import candidate_groups
+from apo_pipeline.loops.pipeline import Pipeline, judgements_from_rankings
+from apo_pipeline.loops.schedule import epoch_steps
+from apo_pipeline.rollout import TrainGroup
+from apo_pipeline.storage import write_judgements, write_pairs, write_rollouts
+from apo_pipeline.task import load_prompts
+
+
+def builtin_dataset(pipe: Pipeline, cfg: MCPOConfig) -> list[TrainGroup]:
+    """Sample K candidates per built-in prompt from the starting policy and rank them (index 0)."""
+    prompts = load_prompts("builtin", split="train", limit=cfg.loop.builtin_prompts, seed=cfg.seed).prompts
+    rollouts = pipe.generate(prompts, 0)
+    rankings = pipe.rank(rollouts, 0)
+    built = candidate_groups(rollouts, rankings)
+    write_rollouts(pipe.run.table_path("rollouts", 0, pipe.unit), rollouts)
+    write_judgements(pipe.run.table_path("judgements", 0, pipe.unit), judgements_from_rankings(rollouts, rankings))
+    pipe.log.log("data", iteration=0, prompts=len(rollouts), dropped_by_judge=built.dropped)
+    return built.groups
+
+
+def file_dataset(pipe: Pipeline, cfg: MCPOConfig) -> list[TrainGroup]:
+    """Read and tokenize a K-candidate dataset file (JSONL / Parquet / datasets dir)."""
+    rows, skipped = read_candidate_rows(cfg.loop.dataset, on_error=cfg.data.on_error)
+    if skipped:
+        pipe.log.log("data", source="loop.dataset", skipped=skipped)
+    return tokenize_rows(rows, AutoTokenizer.from_pretrained(pipe.model_dir))
+
+
+def run(cfg: MCPOConfig, run_dir: Path) -> Path:
+    """Run offline MC-PO; returns the final policy's HF directory (`<run_dir>/final`)."""
+    pipe = Pipeline(cfg, run_dir, unit="iteration", total_steps=1)
+    try:
+        pipe.evaluate(0)
+        raw = builtin_dataset(pipe, cfg) if cfg.loop.dataset == "builtin" else file_dataset(pipe, cfg)
+        groups = pipe.reference_logps(raw, 0)
+        write_pairs(pipe.run.table_path("pairs", 0, pipe.unit), groups)
+        steps = epoch_steps(len(groups), pipe.batch_size, 1)
+        pipe.learner.new_iteration(steps * cfg.loop.epochs, reset_optimizer=False)
+        step = 0
+        for epoch in range(1, cfg.loop.epochs + 1):
+            step = pipe.train(groups, steps, epoch, step)
+            pipe.sync(epoch)
+            if pipe.should_evaluate(epoch, cfg.loop.epochs):
+                pipe.evaluate(epoch)
+        return pipe.export_final()
+    finally:
+        pipe.shutdown()

@@ -1,0 +1,194 @@
+"""`Pipeline`: the actors of one run and the stage operations every loop is written in.
+
+It owns the placement groups, the generation pool (`gen-*`), the judge (`judge-0`), the learner
+group (`learner-*`) and the `weight-sync` actor, plus the run directory, metrics and stage timer.
+Each method is one stage of the papers' pseudo-code, timed and logged:
+`generate`, `rank` / `win_rates`, `reference_logps`, `train`, `sync`, `evaluate`, `checkpoint`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import ray
+
+from apo_pipeline.config import BaseJobConfig
+from apo_pipeline.config.sections import GenerationConfig
+from apo_pipeline.engine.judge import Judge
+from apo_pipeline.engine.learner_group import LearnerGroup
+from apo_pipeline.engine.placement import Placement
+from apo_pipeline.engine.pool import GenerationPool
+from apo_pipeline.engine.weight_sync import WeightSync, bucket_bytes
+from apo_pipeline.loops.evaluation import Evaluator
+from apo_pipeline.loops.schedule import step_batches
+from apo_pipeline.monitoring import MetricsLogger, StageTimer
+from apo_pipeline.ranking import PromptRanking, WinRates
+from apo_pipeline.rollout import Rollout, TrainGroup
+from apo_pipeline.storage import Comparison, Judgement, RunDir, create_run_dir, write_judgements, write_pairs, write_rollouts
+from apo_pipeline.task import load_prompts, load_reward_fn, resolve_model
+
+log = logging.getLogger("apo_pipeline")
+
+TRAIN_FIELDS = {
+    "loss": "loss", "margin": "margin", "accuracy": "accuracy", "rewards/chosen": "chosen_reward",
+    "rewards/rejected": "rejected_reward", "lr": "lr", "grad_norm": "grad_norm", "mc/entropy": "mc_entropy",
+    "perf/pairs_per_s": "pairs_per_s", "perf/tokens_per_s": "tokens_per_s", "dyn/pos_norm": "dyn_pos_norm",
+    "dyn/neg_norm": "dyn_neg_norm", "dyn/weight_mean": "dyn_weight_mean",
+}
+
+
+@dataclass
+class Prompts:
+    """The run's train and held-out prompts (strings or chat conversations)."""
+
+    train: list[Any]
+    eval: list[Any]
+
+
+class Pipeline:
+    """All actors of a run. `unit` is "segment" (OnMC-PO) or "iteration" (APO, MC-PO epochs)."""
+
+    def __init__(self, cfg: BaseJobConfig, run_dir: Path, unit: str, total_steps: int) -> None:
+        self.cfg = cfg
+        self.unit = unit
+        self.run: RunDir = create_run_dir(run_dir.parent, run_dir.name, cfg)
+        self.log = MetricsLogger(self.run.root, ray_metrics=cfg.monitoring.ray_metrics, tensorboard=cfg.monitoring.tensorboard)
+        self.timer = StageTimer(self.log, progress=cfg.monitoring.progress)
+        self.model_dir = resolve_model(cfg.model.path, seed=cfg.seed)
+        self.prompts = self._load_prompts()
+        self.reward_fn: Callable[[Any, str], float] | None = (
+            load_reward_fn(cfg.judge.reward_fn) if cfg.judge.backend == "reward" else None
+        )
+        cl = cfg.cluster
+        self.placement = Placement(cl, llm_judge=cfg.judge.backend == "llm", prefix=f"apo-{cfg.name}").create()
+        self.pool = GenerationPool(
+            str(self.model_dir), cfg.model, cl, self.placement, sync=cfg.sync,
+            max_prompt_tokens=cfg.data.max_prompt_tokens, overlong=cfg.data.overlong, seed=cfg.seed,
+        )
+        judge_opts = self.placement.options("judge", 0) if cfg.judge.backend == "llm" else {"name": "judge-0", "num_cpus": 0}
+        self.judge = Judge.options(**judge_opts).remote(cfg.judge, cl, chat=cfg.data.chat, seed=cfg.seed)
+        self.learner = LearnerGroup(cfg.model.model_copy(update={"path": str(self.model_dir)}), cfg.learner,
+                                    cfg.algorithm, self.placement, total_steps=total_steps, seed=cfg.seed)
+        self.weight_sync = WeightSync.options(**self.placement.options("weight-sync")).remote(self.pool)
+        self.evaluator = Evaluator(self, cfg.eval, cfg.generation.max_tokens)
+        log.info("pipeline ready: %d engine(s), %d learner rank(s), judge %s, run dir %s",
+                 cl.num_engines, cl.learner_ranks, cfg.judge.backend, self.run.root)
+
+    def _load_prompts(self) -> Prompts:
+        d = self.cfg.data
+        train = load_prompts(d.prompts, split="train", limit=d.num_prompts, on_error=d.on_error, seed=self.cfg.seed)
+        held = load_prompts(d.eval_prompts, split="eval", limit=d.num_eval_prompts, on_error=d.on_error, seed=self.cfg.seed)
+        for name, ps in (("data.prompts", train), ("data.eval_prompts", held)):
+            if ps.skipped:
+                self.log.log("data", source=name, skipped=ps.skipped)
+        return Prompts(train.prompts, held.prompts)
+
+    @property
+    def batch_size(self) -> int:
+        """Groups per optimizer step: micro batch x grad accumulation x learner ranks."""
+        ln = self.cfg.learner
+        return ln.micro_batch_size * ln.grad_accum * self.cfg.cluster.learner_ranks
+
+    def generate(self, prompts: list[Any], index: int, gen: GenerationConfig | None = None) -> list[Rollout]:
+        """K candidates per prompt from the current policy (seeded by run seed and round)."""
+        gen = gen or self.cfg.generation
+        with self.timer.stage("generate", **{self.unit: index}) as st:
+            rollouts = self.pool.sample(prompts, gen, seed=self.cfg.seed * 1000 + index)
+            last = self.pool.metrics()["last"]
+            st["tokens"] = last["tokens"]
+        if last["skipped"] or last["truncated"]:
+            self.log.log("data", **{self.unit: index}, overlong_skipped=last["skipped"], overlong_truncated=last["truncated"])
+        return rollouts
+
+    def rank(self, rollouts: list[Rollout], index: int) -> list[PromptRanking]:
+        """Iterative pairwise ranking (K-1 rounds) of every prompt's candidates by the judge."""
+        with self.timer.stage("judge", **{self.unit: index}):
+            result = ray.get(self.judge.rank.remote(
+                [r.prompt for r in rollouts], [[c.text for c in r.candidates] for r in rollouts], self.cfg.seed + index))
+        self.log.log("judge", **{self.unit: index, **result.totals, "judge_calls": result.judge_calls})
+        return result.prompts
+
+    def win_rates(self, rollouts: list[Rollout], index: int) -> list[WinRates]:
+        """Full K x K win-rate matrices (SPPO)."""
+        with self.timer.stage("judge", **{self.unit: index}):
+            rates = ray.get(self.judge.win_matrix.remote(
+                [r.prompt for r in rollouts], [[c.text for c in r.candidates] for r in rollouts]))
+        self.log.log("judge", **{self.unit: index}, failed=sum(w.failures for w in rates),
+                     partial=sum(w.partial_failures for w in rates))
+        return rates
+
+    def reference_logps(self, groups: list[TrainGroup], index: int) -> list[TrainGroup]:
+        """Store log pi_ref of every candidate with the data (pi_ref = the current policy)."""
+        with self.timer.stage("ref_logprobs", **{self.unit: index}) as st:
+            for group, logps in zip(groups, self.learner.compute_logps(groups)):
+                group.ref_logps = list(logps)
+            st["pairs"] = len(groups)
+        return groups
+
+    def train(self, groups: list[TrainGroup], steps: int, index: int, first_step: int) -> int:
+        """`steps` optimizer steps over seeded batches of `groups`; returns the next global step."""
+        batches = step_batches(len(groups), self.batch_size, steps, seed=self.cfg.seed * 7919 + index)
+        with self.timer.stage("train", **{self.unit: index}) as st:
+            for n, batch in enumerate(self.timer.progress(batches, desc=f"train {self.unit} {index}")):
+                metrics = self.learner.train_step([groups[i] for i in batch])
+                fields = {TRAIN_FIELDS[k]: v for k, v in metrics.items() if k in TRAIN_FIELDS}
+                self.log.log("train", step=first_step + n, **{self.unit: index}, **fields)
+            st["pairs"] = sum(len(b) for b in batches)
+        return first_step + steps
+
+    def sync(self, index: int) -> None:
+        """Push the learner's full weights into every generation engine."""
+        with self.timer.stage("sync", **{self.unit: index}) as st:
+            stats = self.learner.sync_weights(self.weight_sync, bucket_bytes(self.cfg.sync))
+            st["bytes"], st["buckets"] = stats.bytes, stats.buckets
+
+    def should_evaluate(self, index: int, last: int) -> bool:
+        """Evaluate every `eval.every` rounds and always after the last one."""
+        every = self.cfg.eval.every
+        return index == last or (every > 0 and index % every == 0)
+
+    def evaluate(self, index: int) -> dict[str, float]:
+        """Held-out reward and win-rate against the starting policy (index 0 = the start)."""
+        with self.timer.stage("eval", **{self.unit: index}):
+            return self.evaluator.run(index)
+
+    def save_tables(self, index: int, rollouts: list[Rollout], judgements: list[Judgement], groups: list[TrainGroup]) -> None:
+        """rollouts / judgements / pairs of one round as Parquet under the run directory."""
+        write_rollouts(self.run.table_path("rollouts", index, self.unit), rollouts)
+        write_judgements(self.run.table_path("judgements", index, self.unit), judgements)
+        write_pairs(self.run.table_path("pairs", index, self.unit), groups)
+
+    def export_final(self) -> Path:
+        """The final policy as an HF model directory `<run>/final/`."""
+        self.learner.export_hf(str(self.run.final_dir))
+        return self.run.final_dir
+
+    def shutdown(self) -> None:
+        self.learner.shutdown()
+        for handle in (self.weight_sync, self.judge, *self.pool.engines):
+            ray.kill(handle)
+        self.placement.remove()
+        self.log.close()
+
+
+def judgements_from_rankings(rollouts: list[Rollout], rankings: list[PromptRanking]) -> list[Judgement]:
+    """Storage records of the ranking log (failed comparisons as NaN, failed prompts winner None)."""
+    out = []
+    for ro, rk in zip(rollouts, rankings, strict=True):
+        comps = [Comparison(c.a, c.b, float("nan") if c.p is None else c.p) for c in rk.comparisons]
+        failures = [f"round {c.round}: {c.a} vs {c.b} not scored" for c in rk.comparisons if c.p is None]
+        out.append(Judgement(ro.prompt_index, rk.winner, comps, None, failures))
+    return out
+
+
+def judgements_from_win_rates(rollouts: list[Rollout], rates: list[WinRates]) -> list[Judgement]:
+    """Storage records of SPPO's win-rate matrices (winner = argmax score, None if it failed)."""
+    out = []
+    for ro, wr in zip(rollouts, rates, strict=True):
+        matrix = [[float(x) for x in row] for row in wr.win]
+        failures = [f"{wr.failures} pair(s) not scored"] if wr.failures else []
+        out.append(Judgement(ro.prompt_index, wr.chosen, [], matrix, failures))
+    return out

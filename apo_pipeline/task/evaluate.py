@@ -1,0 +1,62 @@
+"""Reference decoding with transformers and mean latent reward, for checks and reports."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from apo_pipeline.task.synthetic import latent_reward
+
+
+@torch.no_grad()
+def hf_generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    *,
+    temperature: float = 0.0,
+    max_new_tokens: int = 16,
+    seed: int = 0,
+) -> list[list[int]]:
+    """Response token ids per prompt (EOS included when emitted); greedy when ``temperature`` is 0.
+
+    Prompts are decoded one at a time (no padding), so results do not depend on batching.
+    """
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    eos = tokenizer.eos_token_id
+    out: list[list[int]] = []
+    for prompt in prompts:
+        ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+        response: list[int] = []
+        past = None
+        step_input = ids
+        for _ in range(max_new_tokens):
+            result = model(input_ids=step_input, past_key_values=past, use_cache=True)
+            past = result.past_key_values
+            logits = result.logits[0, -1].float()
+            if temperature > 0:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                token = int(torch.multinomial(probs, 1, generator=generator))
+            else:
+                token = int(torch.argmax(logits))
+            response.append(token)
+            if token == eos:
+                break
+            step_input = torch.tensor([[token]])
+        out.append(response)
+    return out
+
+
+def mean_reward(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    *,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> float:
+    """Mean r* over ``prompts`` of one decoded response each (greedy when ``temperature`` is 0)."""
+    responses = hf_generate(model, tokenizer, prompts, temperature=temperature, seed=seed)
+    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+    return float(np.mean([latent_reward(p, t) for p, t in zip(prompts, texts)]))

@@ -1,0 +1,145 @@
+"""The generation pool on 2 real in-process vLLM engines (Ray actors) with the tiny model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import ray
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from apo_pipeline.config.sections import ClusterConfig, GenerationConfig, SyncConfig
+from apo_pipeline.engine.generation import encode_prompt, request_seed
+from apo_pipeline.engine.pool import spread
+from apo_pipeline.engine.vllm_env import CPU_WEIGHT_TRANSFER_BACKEND, llm_kwargs, sync_backend
+
+PROMPTS = [
+    "reverse 3 1 4 =",
+    "reverse 2 7 1 8 =",
+    [{"role": "user", "content": "reverse 5 5 ="}],
+    "reverse 9 0 =",
+    "reverse 1 2 3 4 5 =",
+]
+GEN = GenerationConfig(temperatures=[0.6, 0.8, 1.0], n_per_temperature=2, max_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def rollouts(gen_pool):
+    return gen_pool.sample(PROMPTS, GEN, seed=7)
+
+
+def test_spread_balances_cost() -> None:
+    assert spread([5, 5, 5, 5], 2) == [[0, 2], [1, 3]]
+    assert spread([10, 1, 1, 1], 2) == [[0], [1, 2, 3]]
+    assert spread([3], 3) == [[0], [], []]
+
+
+def test_engine_settings_per_device() -> None:
+    cpu = llm_kwargs("m", ClusterConfig(kv_cache_gib=0.25), max_model_len=64, weight_transfer_backend="x")
+    assert cpu["distributed_executor_backend"] == "uni" and cpu["dtype"] == "float32" and cpu["enforce_eager"]
+    assert cpu["kv_cache_memory_bytes"] == 1 << 28 and cpu["weight_transfer_config"] == {"backend": "x"}
+    gpu = llm_kwargs("m", ClusterConfig(use_gpu=True, colocate=True), tp=2, max_model_len=64, sleep_mode=True)
+    assert gpu["distributed_executor_backend"] == "ray" and gpu["tensor_parallel_size"] == 2
+    assert gpu["enable_sleep_mode"] and gpu["gpu_memory_utilization"] == 0.4 and "enforce_eager" not in gpu
+    with pytest.raises(ValueError, match="tensor parallelism needs"):
+        llm_kwargs("m", ClusterConfig(), tp=2, max_model_len=64)
+    assert sync_backend(SyncConfig(), ClusterConfig()) == CPU_WEIGHT_TRANSFER_BACKEND
+    assert sync_backend(SyncConfig(), ClusterConfig(use_gpu=True)) == "nccl"
+    with pytest.raises(ValueError, match="engine_tp = 1"):
+        sync_backend(SyncConfig(backend="cpu"), ClusterConfig(use_gpu=True, engine_tp=2))
+
+
+def test_encode_prompt_applies_the_chat_template(tiny_model_dir) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text, ids = encode_prompt(tokenizer, "reverse 1 2 =")
+    assert text == "reverse 1 2 =" and tokenizer.decode(ids) == text
+    text, ids = encode_prompt(tokenizer, [{"role": "user", "content": "reverse 1 2 ="}])
+    assert text == "<|im_start|>user\nreverse 1 2 =<|im_end|>\n<|im_start|>assistant\n"
+    assert tokenizer.decode(ids) == text
+
+
+def test_request_seed_depends_on_every_index() -> None:
+    seeds = {request_seed(s, p, t, k) for s in (0, 1) for p in (0, 1) for t in (0, 1) for k in (0, 1)}
+    assert len(seeds) == 16 and all(0 <= x < 2**31 for x in seeds)
+
+
+@pytest.mark.slow
+def test_sample_shapes_order_and_spread(gen_pool, rollouts) -> None:
+    assert [r.prompt_index for r in rollouts] == list(range(len(PROMPTS)))
+    for r in rollouts:
+        assert [c.temperature for c in r.candidates] == [0.6, 0.6, 0.8, 0.8, 1.0, 1.0]
+        for c in r.candidates:
+            assert 1 <= len(c.token_ids) <= GEN.max_tokens
+            assert c.finish_reason in ("length", "stop")
+            assert math.isfinite(c.logprob) and c.logprob < 0
+    assert rollouts[0].prompt == PROMPTS[0]
+    assert rollouts[2].prompt.startswith("<|im_start|>user\nreverse 5 5 =")
+    last = gen_pool.metrics()["last"]
+    assert all(n > 0 for n in last["prompts_per_engine"]) and sum(last["prompts_per_engine"]) == len(PROMPTS)
+    assert last["candidates"] == len(PROMPTS) * GEN.num_candidates
+    assert last["tokens"] == sum(len(c.token_ids) for r in rollouts for c in r.candidates)
+    assert last["tokens_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_sampling_logprob_is_the_tempered_sum(rollouts, tiny_model_dir, hf_reference, one_torch_thread) -> None:
+    """Candidate.logprob = sum_t log_softmax(logits_t / T)[y_t] (processed log-probs)."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    for r in rollouts:
+        for c in r.candidates:
+            want = hf_reference.logprob(model, r.prompt_ids, c.token_ids, c.temperature)
+            assert c.logprob == pytest.approx(want, abs=1e-3 * len(c.token_ids))
+
+
+@pytest.mark.slow
+def test_seeds_reproduce_and_do_not_depend_on_spread(gen_pool, rollouts) -> None:
+    def ids(rs):
+        return [[c.token_ids for c in r.candidates] for r in rs]
+
+    assert ids(gen_pool.sample(PROMPTS, GEN, seed=7)) == ids(rollouts)
+    assert ids(gen_pool.sample(PROMPTS, GEN, seed=8)) != ids(rollouts)
+    encoded = ray.get(gen_pool.engines[0].encode.remote(PROMPTS))
+    one_engine = ray.get(
+        gen_pool.engines[1].sample.remote(encoded, GEN.n_per_temperature, GEN.temperatures, GEN.max_tokens, 7)
+    )
+    assert ids(one_engine) == ids(rollouts)
+
+
+@pytest.mark.slow
+def test_greedy_matches_transformers(gen_pool, tiny_model_dir, hf_reference, one_torch_thread) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    eos = AutoTokenizer.from_pretrained(tiny_model_dir).eos_token_id
+    greedy = gen_pool.generate_greedy(PROMPTS, max_tokens=8)
+    assert [r.prompt_index for r in greedy] == list(range(len(PROMPTS)))
+    for r in greedy:
+        (c,) = r.candidates
+        assert c.temperature == 0.0
+        assert c.token_ids == hf_reference.greedy(model, r.prompt_ids, 8, eos)
+        assert c.logprob == pytest.approx(hf_reference.logprob(model, r.prompt_ids, c.token_ids, 1.0), abs=1e-3)
+
+
+@pytest.mark.slow
+def test_overlong_prompts_skip_or_truncate(gen_pool) -> None:
+    prompts = ["reverse 1 =", "reverse 1 2 3 4 5 6 7 8 9 0 1 2 3 4 =", "reverse 2 ="]
+    gen = GenerationConfig(temperatures=[1.0], n_per_temperature=1, max_tokens=4)
+    gen_pool.max_prompt_tokens = 12
+    try:
+        gen_pool.overlong = "skip"
+        kept = gen_pool.sample(prompts, gen, seed=0)
+        assert [r.prompt_index for r in kept] == [0, 2]
+        assert gen_pool.metrics()["last"]["overlong"] == [1] and gen_pool.metrics()["last"]["skipped"] == 1
+        gen_pool.overlong = "truncate"
+        cut = gen_pool.sample(prompts, gen, seed=0)
+        assert [r.prompt_index for r in cut] == [0, 1, 2]
+        assert len(cut[1].prompt_ids) == 12 and gen_pool.metrics()["last"]["truncated"] == 1
+        assert gen_pool.metrics()["totals"]["skipped"] >= 1
+    finally:
+        gen_pool.max_prompt_tokens = None
+        gen_pool.overlong = "skip"
+
+
+@pytest.mark.slow
+def test_sleep_is_a_no_op_on_cpu(gen_pool) -> None:
+    assert gen_pool.sleep() is False
+    assert gen_pool.wake_up() is False
+    assert len(gen_pool.generate_greedy(["reverse 1 ="], max_tokens=2)) == 1

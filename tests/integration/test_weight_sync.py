@@ -1,0 +1,139 @@
+"""Weight sync learner -> 2 real vLLM engines through the `weight-sync` actor and the object store."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import ray
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from apo_pipeline.config.sections import ClusterConfig, GenerationConfig, ModelConfig, SyncConfig
+from apo_pipeline.engine.placement import Placement
+from apo_pipeline.engine.pool import GenerationPool
+from apo_pipeline.engine.weight_sync import (
+    WeightSync,
+    bucket_bytes,
+    make_buckets,
+    nccl_sender,
+    pack_bucket,
+    put_buckets,
+)
+
+PROMPTS = ["reverse 3 1 4 =", "reverse 2 7 1 8 =", "reverse 9 0 =", "reverse 6 ="]
+BUCKET_BYTES = 256 * 1024
+MAX_TOKENS = 10
+
+
+def test_make_buckets_respects_the_size_and_order() -> None:
+    tensors = [("a", torch.zeros(10)), ("b", torch.zeros(10)), ("c", torch.zeros(30)), ("d", torch.zeros(5))]
+    buckets = list(make_buckets(tensors, max_bytes=80))
+    assert [list(b) for b in buckets] == [["a", "b"], ["c"], ["d"]]
+    assert bucket_bytes(SyncConfig(bucket_mb=0.5)) == 512 * 1024
+    with pytest.raises(ValueError, match="appears twice"):
+        list(make_buckets([("a", torch.zeros(1)), ("a", torch.zeros(1))], max_bytes=8))
+
+
+def test_pack_bucket_round_trips_any_dtype() -> None:
+    bucket = {"w": torch.randn(3, 4), "h": torch.randn(5).to(torch.bfloat16), "s": torch.tensor(2.5)}
+    packed = pack_bucket(bucket)
+    assert packed.nbytes == 48 + 10 + 4
+    for name, tensor in packed.tensors():
+        assert tensor.dtype == bucket[name].dtype and torch.equal(tensor, bucket[name])
+
+
+@ray.remote(num_cpus=0)
+class BucketSource:
+    """Stands in for a learner rank: holds an HF model and streams its buckets (a Ray generator)."""
+
+    def __init__(self, model_dir: str) -> None:
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir)
+
+    def stream_buckets(self, max_bytes: int):
+        for bucket in make_buckets(self.model.named_parameters(), max_bytes):
+            yield pack_bucket(bucket)
+
+
+def perturbed(model_dir: str, scale: float = 0.05) -> torch.nn.Module:
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * scale)
+    return model
+
+
+@pytest.mark.slow
+def test_sync_round_trip(gen_pool, placement, tiny_model_dir, hf_reference, one_torch_thread) -> None:
+    eos = AutoTokenizer.from_pretrained(tiny_model_dir).eos_token_id
+    before = [r.candidates[0].token_ids for r in gen_pool.generate_greedy(PROMPTS, MAX_TOKENS)]
+    model = perturbed(tiny_model_dir)
+    sync = WeightSync.options(**placement.options("weight-sync")).remote(gen_pool)
+
+    stats = ray.get(sync.sync.remote(put_buckets(model.named_parameters(), BUCKET_BYTES)))
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert stats.buckets > 1 and stats.engines == 2
+    assert param_bytes <= stats.bytes < param_bytes * 1.05
+
+    greedy = gen_pool.generate_greedy(PROMPTS, MAX_TOKENS)
+    after = [r.candidates[0].token_ids for r in greedy]
+    assert after != before
+    assert after == [hf_reference.greedy(model, r.prompt_ids, MAX_TOKENS, eos) for r in greedy]
+
+    sampled = gen_pool.sample(PROMPTS, GenerationConfig(temperatures=[1.0], n_per_temperature=2, max_tokens=MAX_TOKENS), 3)
+    for r in sampled:
+        for c in r.candidates:
+            want = hf_reference.logprob(model, r.prompt_ids, c.token_ids, 1.0)
+            assert c.logprob == pytest.approx(want, abs=1e-4 * len(c.token_ids))
+
+    source = BucketSource.remote(tiny_model_dir)
+    restored = ray.get(sync.sync_stream.remote(source, "stream_buckets", BUCKET_BYTES))
+    assert restored.buckets == stats.buckets
+    assert [r.candidates[0].token_ids for r in gen_pool.generate_greedy(PROMPTS, MAX_TOKENS)] == before
+    ray.kill(source)
+    ray.kill(sync)
+
+
+@ray.remote
+class NcclLearner:
+    """GPU smoke: learner rank 0 holding the perturbed model on its GPU; sends it over NCCL."""
+
+    def __init__(self, model_dir: str, weight_sync: ray.actor.ActorHandle) -> None:
+        from vllm.distributed.weight_transfer.base import ModuleSource
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        self.model = perturbed(model_dir).cuda()
+        address = ray.util.get_node_ip_address()
+        self.sender = nccl_sender(weight_sync, rank=0, master_address=address, master_port=port, source=ModuleSource(self.model))
+
+    def send(self) -> None:
+        self.sender.send_weights()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="GPU smoke: needs 2 GPUs (an engine and a learner)")
+def test_nccl_sync_gpu_smoke(ray_session, tiny_model_dir, hf_reference) -> None:
+    """Run alone (`-k gpu_smoke`): a Placement's group names are unique per Ray namespace."""
+    try:
+        ray.util.get_placement_group("apo-learner-0")
+        pytest.skip("the session's CPU Placement holds the group names; run this test alone")
+    except ValueError:
+        pass
+    cluster = ClusterConfig(use_gpu=True, num_engines=1, gpu_memory_utilization=0.2)
+    placement = Placement(cluster).create()
+    model = ModelConfig(path=tiny_model_dir)
+    pool = GenerationPool(tiny_model_dir, model, cluster, placement, sync=SyncConfig(backend="nccl"))
+    sync = WeightSync.options(**placement.options("weight-sync")).remote(pool)
+    learner = NcclLearner.options(**placement.options("learner", 0)).remote(tiny_model_dir, sync)
+    before = [r.candidates[0].token_ids for r in pool.generate_greedy(PROMPTS, MAX_TOKENS)]
+    ray.get(learner.send.remote())
+    reference = perturbed(tiny_model_dir)
+    sampled = pool.sample(PROMPTS, GenerationConfig(temperatures=[1.0], n_per_temperature=1, max_tokens=MAX_TOKENS), 0)
+    assert [r.candidates[0].token_ids for r in pool.generate_greedy(PROMPTS, MAX_TOKENS)] != before
+    for r in sampled:
+        c = r.candidates[0]
+        assert c.logprob == pytest.approx(hf_reference.logprob(reference, r.prompt_ids, c.token_ids, 1.0), abs=1e-2 * len(c.token_ids))
+    placement.remove()
