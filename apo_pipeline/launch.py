@@ -60,6 +60,7 @@ def init_ray(cfg: BaseJobConfig, address: str | None) -> None:
         ray.init(address=address, namespace=f"apo-{cfg.name}", runtime_env=runtime_env)
     else:
         ray.init(
+            address="local",  # a new local Ray, never one some `ray start` left running
             num_cpus=cfg.cluster.num_cpus or LOCAL_NUM_CPUS,
             num_gpus=cfg.cluster.num_gpus if cfg.cluster.use_gpu else 0,
             namespace=f"apo-{cfg.name}",

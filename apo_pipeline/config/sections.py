@@ -57,7 +57,9 @@ class JudgeConfig(Section):
     backend: Literal["reward", "llm"] = Field("reward", description="`reward`: Bradley-Terry over reward_fn; `llm`: judge.model on vLLM")
     reward_fn: str = Field("builtin", description="`builtin` (the task's r*) or `module:function`")
     bt_scale: float = Field(8.0, gt=0.0, description="logit scale of r* differences")
-    mode: Literal["prob", "sample"] = Field("sample", description="reward judge: return P(a>b) or a seeded Bernoulli draw of it")
+    mode: Literal["prob", "sample"] = Field(
+        "prob", description="reward judge: the exact P(a>b), or a seeded Bernoulli draw of it (a noisy, human-like judge)"
+    )
     model: str | None = None
     template: str = (
         "Which response answers the prompt better?\nPrompt: {prompt}\n"

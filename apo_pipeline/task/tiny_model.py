@@ -19,7 +19,7 @@ from apo_pipeline.task.synthetic import SyntheticTask
 from apo_pipeline.task.tokenizer import build_tokenizer
 from apo_pipeline.task.warmup import sft_warmup
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 TASK_INFO_FILE = "apo_task.json"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -63,16 +64,43 @@ def check_run_contract(run_dir: Path, unit: str, rounds: int) -> None:
     assert (run_dir / "config.yaml").is_file()
 
 
-@pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
-    """A Ray head on loopback with the dashboard / job server (token auth as cpu-stack.md says)."""
+@pytest.fixture
+def ray_head(tmp_path):
+    """A Ray head on loopback with the dashboard / job server and token auth (cpu-stack.md).
+
+    `ray start --block` runs in its own process group, which is ended afterwards: only this head's
+    processes stop (never `ray stop`, which would end every Ray on the machine).
+    """
     port, dash = free_port(), free_port()
     env = dict(os.environ, RAY_AUTH_MODE="token")
-    start = [str(BIN / "ray"), "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
-             f"--dashboard-port={dash}", "--num-cpus=8", "--disable-usage-stats"]
-    subprocess.run(start, check=True, env=env, capture_output=True, text=True, timeout=180)
-    yield f"http://127.0.0.1:{dash}", env
-    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+    env.pop("RAY_ADDRESS", None)
+    subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], check=True, env=env, capture_output=True, timeout=60)
+    log = open(tmp_path / "ray-head.log", "w")
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dash}", "--num-cpus=8", "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        yield f"http://127.0.0.1:{dash}", env
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        log.close()
+
+
+def submit_when_ready(cmd: list[str], env: dict, deadline_s: float) -> subprocess.CompletedProcess:
+    """`ray job submit`, retried while the head's dashboard agent is still starting."""
+    start = time.time()
+    while True:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=deadline_s)
+        starting = "No available agent" in proc.stdout + proc.stderr or "Connection refused" in proc.stderr
+        if proc.returncode == 0 or not starting or time.time() - start > 90:
+            return proc
+        time.sleep(3)
 
 
 def test_onmcpo_through_ray_job_submit(ray_head, tmp_path):
@@ -82,11 +110,9 @@ def test_onmcpo_through_ray_job_submit(ray_head, tmp_path):
     submit = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
               "--runtime-env-json", json.dumps(runtime_env), "--",
               "python", "jobs/onmcpo.py", "--preset", "smoke", "--run-dir", str(run_dir)]
-    start = time.time()
-    proc = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = submit_when_ready(submit, env, deadline_s=600)
     assert proc.returncode == 0 and "succeeded" in proc.stdout, proc.stdout[-6000:] + proc.stderr[-3000:]
     check_run_contract(run_dir, "segment", rounds=2)
-    assert time.time() - start < 600
 
 
 def test_apo_smoke_and_report(tmp_path):
