@@ -1,6 +1,8 @@
 """Command line of the jobs: `python jobs/<job>.py [--config X.yaml] [--run-dir D] [--preset P] [k=v ...]`.
 
-The config is validated before Ray is imported, so a bad key fails in about a second. Under
+The config is validated before Ray is imported, so a bad key fails in about a second; re-running
+into an existing run directory resumes it, and a change of a key that makes that unsafe
+(model, loss, K, ...) is refused the same way. Under
 `ray job submit` (RAY_ADDRESS set) or with `--address`, the job joins that cluster; otherwise it
 starts a local Ray with `cluster.num_cpus` logical CPUs.
 """
@@ -15,6 +17,7 @@ import sys
 from pathlib import Path
 
 from apo_pipeline.config import JOB_CONFIGS, BaseJobConfig, ConfigError, load_config
+from apo_pipeline.loops.resume import check_resume_config, read_saved_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "jobs" / "configs"
 LOCAL_NUM_CPUS = 8
@@ -73,13 +76,16 @@ def init_ray(cfg: BaseJobConfig, address: str | None) -> None:
 def run_job(job: str, argv: list[str] | None = None) -> int:
     """Entry point of jobs/<job>.py; returns the process exit code (2 = bad config)."""
     args = parse_args(job, argv)
+    run_dir = Path(args.run_dir or Path("runs") / job).resolve()
     try:
         cfg = resolve_config(job, args)
+        saved = read_saved_config(run_dir / "config.yaml")
+        if saved is not None:
+            check_resume_config(saved, cfg)
     except ConfigError as exc:
         print(f"{job}: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    run_dir = Path(args.run_dir or Path("runs") / job).resolve()
     loop = importlib.import_module(LOOP_MODULES[job])
     import ray
 

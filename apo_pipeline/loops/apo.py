@@ -8,7 +8,7 @@
         store log pi_t of the pair (pi_t is the reference of this iteration)
         thetahat_{t+1} = E epochs of the loss against pi_t (fresh optimizer)
         theta_{t+1} = thetahat_{t+1} + alpha (thetahat_{t+1} - thetahat_t)
-        sync theta_{t+1} into the engines, evaluate
+        sync theta_{t+1} into the engines, evaluate, checkpoint (thetahat_{t+1} included)
 """
 
 from __future__ import annotations
@@ -26,11 +26,14 @@ def run(cfg: APOConfig, run_dir: Path) -> Path:
     T, alpha = cfg.loop.iterations, cfg.loop.alpha
     pipe = Pipeline(cfg, run_dir, unit="iteration", total_steps=1)
     try:
-        pipe.evaluate(0)
-        pipe.learner.snapshot_weights()
+        done, step = pipe.resume()
+        if not done:
+            pipe.evaluate(0)
+            pipe.learner.snapshot_weights()
         chunks = split_segments(pipe.prompts.train, T)
-        step = 0
         for t, prompts in enumerate(chunks, start=1):
+            if t <= done:
+                continue
             rollouts = pipe.generate(prompts, t)
             if cfg.algorithm.loss == "sppo":
                 rates = pipe.win_rates(rollouts, t)
@@ -49,6 +52,7 @@ def run(cfg: APOConfig, run_dir: Path) -> Path:
             pipe.sync(t)
             if pipe.should_evaluate(t, T):
                 pipe.evaluate(t)
+            pipe.checkpoint(t, step)
         return pipe.export_final()
     finally:
         pipe.shutdown()

@@ -20,7 +20,7 @@ from apo_pipeline.loops.pairs import candidate_groups
 from apo_pipeline.loops.pipeline import Pipeline, judgements_from_rankings
 from apo_pipeline.loops.schedule import epoch_steps
 from apo_pipeline.rollout import TrainGroup
-from apo_pipeline.storage import write_judgements, write_pairs, write_rollouts
+from apo_pipeline.storage import read_pairs, write_judgements, write_pairs, write_rollouts
 from apo_pipeline.task import load_prompts
 
 
@@ -48,18 +48,24 @@ def run(cfg: MCPOConfig, run_dir: Path) -> Path:
     """Run offline MC-PO; returns the final policy's HF directory (`<run_dir>/final`)."""
     pipe = Pipeline(cfg, run_dir, unit="iteration", total_steps=1)
     try:
-        pipe.evaluate(0)
-        raw = builtin_dataset(pipe, cfg) if cfg.loop.dataset == "builtin" else file_dataset(pipe, cfg)
-        groups = pipe.reference_logps(raw, 0)
-        write_pairs(pipe.run.table_path("pairs", 0, pipe.unit), groups)
+        done, step = pipe.resume()
+        pairs_path = pipe.run.table_path("pairs", 0, pipe.unit)
+        if done:
+            groups = read_pairs(pairs_path)
+        else:
+            pipe.evaluate(0)
+            raw = builtin_dataset(pipe, cfg) if cfg.loop.dataset == "builtin" else file_dataset(pipe, cfg)
+            groups = pipe.reference_logps(raw, 0)
+            write_pairs(pairs_path, groups)
         steps = epoch_steps(len(groups), pipe.batch_size, 1)
-        pipe.learner.new_iteration(steps * cfg.loop.epochs, reset_optimizer=False)
-        step = 0
-        for epoch in range(1, cfg.loop.epochs + 1):
+        if not done:
+            pipe.learner.new_iteration(steps * cfg.loop.epochs, reset_optimizer=False)
+        for epoch in range(done + 1, cfg.loop.epochs + 1):
             step = pipe.train(groups, steps, epoch, step)
             pipe.sync(epoch)
             if pipe.should_evaluate(epoch, cfg.loop.epochs):
                 pipe.evaluate(epoch)
+            pipe.checkpoint(epoch, step)
         return pipe.export_final()
     finally:
         pipe.shutdown()

@@ -6,7 +6,8 @@
         the judge's iterative pairwise ranking (K-1 comparisons) picks the preferred y_w
         store log pi_ref of every candidate (pi_ref = the policy at the segment's start)
         train: each step draws M negatives with the MC kernel softmax(beta log pi/pi_ref)
-        sync the new weights into the generation engines, evaluate
+        sync the new weights into the generation engines, evaluate, checkpoint
+    (re-running the same command resumes after the last checkpointed segment)
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ def run(cfg: OnMCPOConfig, run_dir: Path) -> Path:
     """Run OnMC-PO; returns the final policy's HF directory (`<run_dir>/final`)."""
     pipe = Pipeline(cfg, run_dir, unit="segment", total_steps=cfg.loop.total_steps)
     try:
-        pipe.evaluate(0)
+        done, step = pipe.resume()
+        if not done:
+            pipe.evaluate(0)
         segments = split_segments(pipe.prompts.train, cfg.loop.segments)
         steps = steps_per_part(cfg.loop.total_steps, cfg.loop.segments)
-        step = 0
         for s, prompts in enumerate(segments, start=1):
+            if s <= done:
+                continue
             rollouts = pipe.generate(prompts, s)
             rankings = pipe.rank(rollouts, s)
             built = candidate_groups(rollouts, rankings)
@@ -38,6 +42,7 @@ def run(cfg: OnMCPOConfig, run_dir: Path) -> Path:
             pipe.sync(s)
             if pipe.should_evaluate(s, len(segments)):
                 pipe.evaluate(s)
+            pipe.checkpoint(s, step)
         return pipe.export_final()
     finally:
         pipe.shutdown()

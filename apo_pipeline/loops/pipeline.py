@@ -23,6 +23,7 @@ from apo_pipeline.engine.placement import Placement
 from apo_pipeline.engine.pool import GenerationPool
 from apo_pipeline.engine.weight_sync import WeightSync, bucket_bytes
 from apo_pipeline.loops.evaluation import Evaluator
+from apo_pipeline.loops.resume import restore_latest, save_round
 from apo_pipeline.loops.schedule import step_batches
 from apo_pipeline.monitoring import MetricsLogger, StageTimer
 from apo_pipeline.ranking import PromptRanking, WinRates
@@ -154,6 +155,20 @@ class Pipeline:
         """Held-out reward and win-rate against the starting policy (index 0 = the start)."""
         with self.timer.stage("eval", **{self.unit: index}):
             return self.evaluator.run(index)
+
+    def resume(self) -> tuple[int, int]:
+        """Restore the newest valid checkpoint (learner, then engines); (rounds done, next step)."""
+        done, step = restore_latest(self.run.root, self.unit, self.learner)
+        if done:
+            self.sync(done)
+            self.log.log("resume", **{self.unit: done}, step=step)
+        return done, step
+
+    def checkpoint(self, index: int, step: int) -> None:
+        """Checkpoint after round `index` (learner state + loop state), when enabled."""
+        if self.cfg.checkpoint.enabled:
+            with self.timer.stage("checkpoint", **{self.unit: index}):
+                save_round(self.run.root, self.unit, index, step, self.learner, self.cfg.checkpoint.keep_last)
 
     def save_tables(self, index: int, rollouts: list[Rollout], judgements: list[Judgement], groups: list[TrainGroup]) -> None:
         """rollouts / judgements / pairs of one round as Parquet under the run directory."""

@@ -4,6 +4,7 @@ a Bradley-Terry reward judge, and prompt-source loading.
 Names are imported lazily, so ``from apo_pipeline.task import load_prompts`` does not
 import torch or transformers.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -2,6 +2,7 @@
 
 Light on purpose (no torch import), so configs can validate a spec cheaply.
 """
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ list of ``{"role": str, "content": str}`` dicts). A bad row raises ValueError na
 file and the row (JSONL: 1-based line number; Parquet / datasets: 1-based row number),
 or is skipped and counted with ``on_error="skip"``.
 """
+
 from __future__ import annotations
 
 import json
@@ -104,7 +105,9 @@ def _dataset_column(path: Path, split: str) -> list[Any]:
             raise ValueError(f"{path}: no split {split!r} (splits: {', '.join(data)})")
         data = data[split]
     if PROMPT_FIELD not in data.column_names:
-        raise ValueError(f"{path}: no {PROMPT_FIELD!r} column (columns: {', '.join(data.column_names)})")
+        raise ValueError(
+            f"{path}: no {PROMPT_FIELD!r} column (columns: {', '.join(data.column_names)})"
+        )
     return data[PROMPT_FIELD]
 
 
@@ -145,8 +148,10 @@ def load_prompts(
     if str(source) == "builtin":
         count = n if n is not None else limit
         if count is None:
-            raise ValueError("prompt source 'builtin' needs n (or limit): how many prompts to generate")
-        return PromptSet(prompts=list(SyntheticTask(seed).prompts(count, split)), source="builtin")
+            raise ValueError(
+                "prompt source 'builtin' needs n (or limit): how many prompts to generate"
+            )
+        return PromptSet(prompts=SyntheticTask(seed).prompts(count, split), source="builtin")
     path = Path(source).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"prompt source not found: {source}")
@@ -168,5 +173,7 @@ def load_prompts(
     if rows == 0:
         raise ValueError(f"{path}: empty prompt source (no rows)")
     if not result.prompts:
-        raise ValueError(f"{path}: no valid prompts ({result.skipped} rows skipped; first: {result.errors[0]})")
+        raise ValueError(
+            f"{path}: no valid prompts ({result.skipped} rows skipped; first: {result.errors[0]})"
+        )
     return result

@@ -1,4 +1,5 @@
 """A pairwise judge over a scalar reward: Bradley-Terry preference probabilities or draws."""
+
 from __future__ import annotations
 
 import importlib
@@ -27,12 +28,18 @@ def load_reward_fn(spec: str) -> RewardFn:
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ValueError(f"reward function {spec!r}: cannot import module {module_name!r}: {err}") from err
+        raise ValueError(
+            f"reward function {spec!r}: cannot import module {module_name!r}: {err}"
+        ) from err
     fn = getattr(module, attr, None)
     if fn is None:
-        raise ValueError(f"reward function {spec!r}: module {module_name!r} has no attribute {attr!r}")
+        raise ValueError(
+            f"reward function {spec!r}: module {module_name!r} has no attribute {attr!r}"
+        )
     if not callable(fn):
-        raise ValueError(f"reward function {spec!r}: {attr!r} is not callable ({type(fn).__name__})")
+        raise ValueError(
+            f"reward function {spec!r}: {attr!r} is not callable ({type(fn).__name__})"
+        )
     return fn
 
 
@@ -45,7 +52,9 @@ class BradleyTerryRewardJudge:
     presentation orders (a, b) and (b, a) are independent draws.
     """
 
-    def __init__(self, reward_fn: RewardFn, scale: float = 10.0, mode: str = "prob", seed: int = 0) -> None:
+    def __init__(
+        self, reward_fn: RewardFn, scale: float = 10.0, mode: str = "prob", seed: int = 0
+    ) -> None:
         if mode not in JUDGE_MODES:
             raise ValueError(f"judge mode must be one of {JUDGE_MODES}, got {mode!r}")
         if not scale > 0:
@@ -64,7 +73,7 @@ class BradleyTerryRewardJudge:
         return 0.5 * (1.0 + math.tanh(0.5 * z))
 
     def compare(self, prompt: Prompt, a: str, b: str) -> float | None:
-        """The judgement (a probability or a 1.0/0.0 outcome, by mode); None when it cannot be made."""
+        """The judgement: a probability or a 1.0/0.0 outcome by mode; None if not possible."""
         p = self.prob(prompt, a, b)
         if math.isnan(p):
             return None

@@ -5,6 +5,7 @@ The latent reward r*(prompt, response) is computed from text alone, so it scores
 any model's output. Responses are read as one symbol per non-space character, so
 ``"51413"`` and ``"5 1 4 1 3"`` score the same and any extra word costs length.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,6 +19,7 @@ INSTRUCTION = "reverse"
 PROMPT_END = "="
 MIN_LEN, MAX_LEN = 3, 6
 EVAL_FRACTION = 0.2
+MAX_PROMPTS = 100_000  # per call; about 222k distinct eval prompts exist
 SPLITS = ("train", "eval")
 
 Message = dict[str, str]
@@ -122,6 +124,8 @@ class SyntheticTask:
     def prompts(self, n: int, split: str = "train") -> list[str]:
         """``n`` distinct prompts of ``split``, deterministic by seed."""
         _check_split(split)
+        if n > MAX_PROMPTS:
+            raise ValueError(f"at most {MAX_PROMPTS} prompts per call, got {n}")
         rng = np.random.default_rng(stable_int("prompts", self.seed, split))
         seen: dict[str, None] = {}
         while len(seen) < n:

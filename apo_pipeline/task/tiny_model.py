@@ -1,4 +1,5 @@
 """The built-in policy: a tiny Qwen2 model with a local tokenizer, warmed up and cached on disk."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,13 +20,14 @@ from apo_pipeline.task.synthetic import SyntheticTask
 from apo_pipeline.task.tokenizer import build_tokenizer
 from apo_pipeline.task.warmup import sft_warmup
 
+# Part of the cache key: bump it whenever the tokenizer, the task or the warm-up changes.
 FORMAT_VERSION = 2
 TASK_INFO_FILE = "apo_task.json"
 
 
 @dataclass(frozen=True)
 class TinyModelSettings:
-    """Architecture (head_dim = hidden_size / num_heads must be 64 for vLLM's CPU attention) and warm-up."""
+    """Architecture and warm-up; hidden_size / num_heads must be 64 (vLLM CPU attention)."""
 
     hidden_size: int = 128
     num_layers: int = 2
@@ -53,7 +55,9 @@ def cache_key(seed: int, settings: TinyModelSettings) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-def _init_model(tokenizer: PreTrainedTokenizerFast, settings: TinyModelSettings, seed: int) -> Qwen2ForCausalLM:
+def _init_model(
+    tokenizer: PreTrainedTokenizerFast, settings: TinyModelSettings, seed: int
+) -> Qwen2ForCausalLM:
     """A randomly initialised float32 Qwen2ForCausalLM (init seeded by ``seed``)."""
     config = Qwen2Config(
         vocab_size=len(tokenizer),
@@ -73,7 +77,9 @@ def _init_model(tokenizer: PreTrainedTokenizerFast, settings: TinyModelSettings,
         return Qwen2ForCausalLM(config).float()
 
 
-def _save(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, path: Path, info: dict) -> None:
+def _save(
+    model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, path: Path, info: dict
+) -> None:
     """Write config, safetensors weights, tokenizer, generation config and task info to ``path``."""
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
@@ -83,7 +89,9 @@ def _save(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, path: Pat
     (path / TASK_INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
 
 
-def random_tiny_model(path: str | Path, seed: int = 0, settings: TinyModelSettings | None = None) -> Path:
+def random_tiny_model(
+    path: str | Path, seed: int = 0, settings: TinyModelSettings | None = None
+) -> Path:
     """Write an untrained tiny model (no warm-up; for fast tests) to ``path``; returns it."""
     settings = settings or TinyModelSettings()
     path = Path(path)
@@ -116,8 +124,10 @@ def build_tiny_model(
     with FileLock(str(final) + ".lock"):
         if (final / TASK_INFO_FILE).is_file():
             return final
+        shutil.rmtree(final, ignore_errors=True)  # an incomplete directory left by hand
         tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=root))
         try:
+            tmp.chmod(0o755)
             _build_into(tmp, seed, settings)
             os.replace(tmp, final)
         finally:
@@ -137,5 +147,9 @@ def _build_into(path: Path, seed: int, settings: TinyModelSettings) -> None:
         learning_rate=settings.learning_rate,
         seed=seed,
     )
-    info = {"seed": seed, "settings": dataclasses.asdict(settings), "warmup": dataclasses.asdict(stats)}
+    info = {
+        "seed": seed,
+        "settings": dataclasses.asdict(settings),
+        "warmup": dataclasses.asdict(stats),
+    }
     _save(model, tokenizer, path, info)

@@ -9,6 +9,7 @@ produced), merges that make ``reverse`` and the chat role names one token each, 
 ChatML-style special tokens.
 Digits are always single tokens, so ``"reverse:31415="`` is 8 tokens.
 """
+
 from __future__ import annotations
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
@@ -50,7 +51,7 @@ def _vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
-    """The task tokenizer (about 285 tokens): pad ``<|endoftext|>``, eos ``<|im_end|>``, chat template."""
+    """The task tokenizer (281 tokens): pad ``<|endoftext|>``, eos ``<|im_end|>``, chat template."""
     vocab, merges = _vocab_and_merges()
     core = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
     core.normalizer = normalizers.NFC()
@@ -61,7 +62,9 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         ]
     )
     core.decoder = decoders.ByteLevel()
-    core.add_special_tokens([AddedToken(tok, special=True, normalized=False) for tok in SPECIAL_TOKENS])
+    core.add_special_tokens(
+        [AddedToken(tok, special=True, normalized=False) for tok in SPECIAL_TOKENS]
+    )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
         pad_token=PAD,

@@ -1,4 +1,5 @@
 """Supervised warm-up of a causal LM on the synthetic task's imperfect demonstrations."""
+
 from __future__ import annotations
 
 import math
@@ -11,14 +12,14 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from apo_pipeline.task.synthetic import SyntheticTask, stable_int, format_prompt
+from apo_pipeline.task.synthetic import SyntheticTask, format_prompt, stable_int
 
 IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)
 class WarmupStats:
-    """Summary of a warm-up run: ``seconds`` of wall time, mean loss (nats/token) of the last 10% of steps."""
+    """A warm-up run: ``seconds`` of wall time; ``final_loss``: nats/token, last 10% of steps."""
 
     steps: int
     seconds: float
@@ -111,5 +112,7 @@ def sft_warmup(
             scheduler.step()
             losses.append(loss.item())
     model.eval()
-    tail = losses[-max(1, steps // 10):] if losses else [float("nan")]
-    return WarmupStats(steps=steps, seconds=time.perf_counter() - start, final_loss=float(np.mean(tail)))
+    tail = losses[-max(1, steps // 10) :] if losses else [float("nan")]
+    return WarmupStats(
+        steps=steps, seconds=time.perf_counter() - start, final_loss=float(np.mean(tail))
+    )

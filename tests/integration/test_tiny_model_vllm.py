@@ -1,4 +1,5 @@
-"""The built-in tiny model loads in transformers and vLLM, and both greedy-decode the same tokens."""
+"""The built-in tiny model loads in transformers and vLLM; both greedy-decode the same tokens."""
+
 from __future__ import annotations
 
 import gc
@@ -36,7 +37,7 @@ def prompts(model_dir: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def llm(model_dir: Path) -> Iterator[object]:
     """An in-process vLLM engine (no worker process) with a 1 GiB KV cache."""
-    vllm = pytest.importorskip("vllm")
+    import vllm
     with pytest.MonkeyPatch.context() as env:
         env.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
         env.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -53,12 +54,16 @@ def llm(model_dir: Path) -> Iterator[object]:
         gc.collect()
 
 
-def test_transformers_and_vllm_greedy_tokens_match(model_dir: Path, prompts: list[str], llm) -> None:
+def test_transformers_and_vllm_greedy_tokens_match(
+    model_dir: Path, prompts: list[str], llm
+) -> None:
     from vllm import SamplingParams
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    expected = hf_generate(model, tokenizer, prompts, temperature=0.0, max_new_tokens=MAX_NEW_TOKENS)
+    expected = hf_generate(
+        model, tokenizer, prompts, temperature=0.0, max_new_tokens=MAX_NEW_TOKENS
+    )
 
     params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW_TOKENS, logprobs=0)
     outputs = llm.generate(prompts, params, use_tqdm=False)
@@ -79,5 +84,5 @@ def _greedy_logprob(model, prompt_ids: list[int], response_ids: list[int]) -> fl
     """Sum of log p(response token | prefix) under ``model`` (nats)."""
     ids = torch.tensor([list(prompt_ids) + list(response_ids)])
     logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
-    targets = ids[0, len(prompt_ids):]
+    targets = ids[0, len(prompt_ids) :]
     return float(logp[len(prompt_ids) - 1 :].gather(1, targets[:, None]).sum())

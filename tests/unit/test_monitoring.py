@@ -82,17 +82,26 @@ def test_tensorboard_scalars(tmp_path, monkeypatch):
     ]
 
 
-def test_ray_metrics_skipped_without_ray(tmp_path):
-    ray = pytest.importorskip("ray")
-    assert not ray.is_initialized()
+@pytest.fixture
+def no_ray():
+    """No Ray in this process (a session-wide Ray of the integration tests may still be up)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    return ray
+
+
+def test_ray_metrics_skipped_without_ray(tmp_path, no_ray):
+    assert not no_ray.is_initialized()
     with MetricsLogger(tmp_path, ray_metrics=True) as logger:
         logger.log("train", step=1, loss=0.1)
         assert logger._ray == {}
 
 
 @pytest.mark.slow
-def test_ray_metrics_mirror(tmp_path, monkeypatch):
-    ray = pytest.importorskip("ray")
+def test_ray_metrics_mirror(tmp_path, monkeypatch, no_ray):
+    ray = no_ray
     from ray.util import metrics
 
     calls = []
@@ -108,7 +117,7 @@ def test_ray_metrics_mirror(tmp_path, monkeypatch):
 
     spy(metrics.Gauge, "set")
     spy(metrics.Counter, "inc")
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         with MetricsLogger(tmp_path / "myrun", ray_metrics=True) as logger:
             logger.log("train", step=3, loss=0.5, flag=True, nan=float("nan"))

@@ -1,4 +1,5 @@
 """Fast tests of prompt-source loading: each format, limits, and each error case."""
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,9 @@ def test_builtin_source_is_the_synthetic_task() -> None:
 
 
 def test_jsonl(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "p.jsonl", jsonl_of([{"prompt": p, "extra": 1} for p in GOOD]) + [""])
+    path = write_jsonl(
+        tmp_path / "p.jsonl", jsonl_of([{"prompt": p, "extra": 1} for p in GOOD]) + [""]
+    )
     loaded = load_prompts(path)
     assert loaded.prompts == GOOD and loaded.skipped == 0 and loaded.source == str(path)
     assert load_prompts(path, limit=2).prompts == GOOD[:2]
@@ -56,7 +59,10 @@ def test_dataset_directory_and_splits(tmp_path: Path) -> None:
     assert load_prompts(single).prompts == ["a", "b"]
     multi = tmp_path / "multi"
     datasets.DatasetDict(
-        {"train": datasets.Dataset.from_dict({"prompt": ["t"]}), "eval": datasets.Dataset.from_dict({"prompt": ["e"]})}
+        {
+            "train": datasets.Dataset.from_dict({"prompt": ["t"]}),
+            "eval": datasets.Dataset.from_dict({"prompt": ["e"]}),
+        }
     ).save_to_disk(str(multi))
     assert load_prompts(multi, split="eval").prompts == ["e"]
     with pytest.raises(ValueError, match="no split 'test'"):
@@ -76,7 +82,10 @@ def test_dataset_directory_and_splits(tmp_path: Path) -> None:
     ],
 )
 def test_jsonl_bad_row_names_file_and_line(tmp_path: Path, line: str, reason: str) -> None:
-    path = write_jsonl(tmp_path / "bad.jsonl", [*jsonl_of([{"prompt": "ok"}]), "", line, *jsonl_of([{"prompt": "ok2"}])])
+    path = write_jsonl(
+        tmp_path / "bad.jsonl",
+        [*jsonl_of([{"prompt": "ok"}]), "", line, *jsonl_of([{"prompt": "ok2"}])],
+    )
     with pytest.raises(RowError) as err:
         load_prompts(path)
     assert str(path) in str(err.value) and "line 3" in str(err.value) and reason in str(err.value)

@@ -114,7 +114,7 @@ def test_schema_types(tmp_path):
 
 
 def test_load_dataset_reads_all_tables(tmp_path):
-    datasets = pytest.importorskip("datasets")
+    import datasets
     run = RunDir(tmp_path / "run")
     write_rollouts(run.table_path("rollouts", 0), _rollouts())
     write_rollouts(run.table_path("rollouts", 1), _rollouts()[:1])

@@ -1,4 +1,5 @@
-"""Fast tests of the built-in task: prompts, r*, demonstrations, tokenizer, tiny model cache, judge."""
+"""Fast tests of the built-in task: prompts, r*, demonstrations, tokenizer, tiny model, judge."""
+
 from __future__ import annotations
 
 import math
@@ -29,6 +30,7 @@ PROMPT = "reverse:31415="
 
 
 # ---- synthetic task -------------------------------------------------------------------------
+
 
 def test_prompts_are_deterministic_by_seed_and_splits_are_disjoint() -> None:
     train = SyntheticTask(7).prompts(300, "train")
@@ -99,6 +101,7 @@ def test_demonstrations_are_fluent_but_systematically_wrong() -> None:
 
 # ---- tokenizer --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("text", [PROMPT, "51413", "free text, héllo\nworld 42"])
 def test_tokenizer_round_trip(text: str) -> None:
     tok = build_tokenizer()
@@ -110,7 +113,10 @@ def test_tokenizer_task_tokens_and_specials() -> None:
     tokens = tok.convert_ids_to_tokens(tok(PROMPT)["input_ids"])
     assert tokens == ["reverse", ":", "3", "1", "4", "1", "5", "="]
     assert tok.pad_token == PAD and tok.eos_token == EOS and tok.pad_token_id != tok.eos_token_id
-    assert tok.decode(tok("51413")["input_ids"] + [tok.eos_token_id], skip_special_tokens=True) == "51413"
+    assert (
+        tok.decode(tok("51413")["input_ids"] + [tok.eos_token_id], skip_special_tokens=True)
+        == "51413"
+    )
 
 
 def test_chat_template() -> None:
@@ -123,6 +129,7 @@ def test_chat_template() -> None:
 
 
 # ---- tiny model -------------------------------------------------------------------------------
+
 
 def test_saved_model_reloads_with_the_same_tokenizer(tmp_path) -> None:
     path = random_tiny_model(tmp_path / "m", seed=1)
@@ -154,11 +161,15 @@ def test_short_warmup_is_deterministic_and_cached(tmp_path) -> None:
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     other = build_tiny_model(cache_dir=tmp_path / "a", seed=6, settings=small)
     assert other != first
-    assert not torch.equal(load_file(other / "model.safetensors")["lm_head.weight"], wa["lm_head.weight"])
+    assert not torch.equal(
+        load_file(other / "model.safetensors")["lm_head.weight"], wa["lm_head.weight"]
+    )
     start = time.perf_counter()
     again = build_tiny_model(cache_dir=tmp_path / "a", seed=5, settings=small)
     assert again == first and time.perf_counter() - start < 0.5
-    assert sorted(p.name for p in (tmp_path / "a").iterdir() if p.is_dir()) == sorted([first.name, other.name])
+    assert sorted(p.name for p in (tmp_path / "a").iterdir() if p.is_dir()) == sorted(
+        [first.name, other.name]
+    )
 
 
 def test_resolve_model(tmp_path) -> None:
@@ -176,11 +187,16 @@ def test_resolve_model(tmp_path) -> None:
 
 # ---- reward judge -----------------------------------------------------------------------------
 
+
 def test_judge_prob_mode_is_bradley_terry() -> None:
     judge = BradleyTerryRewardJudge(latent_reward, scale=4.0)
     ra, rb = latent_reward(PROMPT, "51413"), latent_reward(PROMPT, "51000")
-    assert judge.prob(PROMPT, "51413", "51000") == pytest.approx(1 / (1 + math.exp(-4.0 * (ra - rb))))
-    assert judge.prob(PROMPT, "51413", "51000") + judge.prob(PROMPT, "51000", "51413") == pytest.approx(1.0)
+    assert judge.prob(PROMPT, "51413", "51000") == pytest.approx(
+        1 / (1 + math.exp(-4.0 * (ra - rb)))
+    )
+    assert judge.prob(PROMPT, "51413", "51000") + judge.prob(
+        PROMPT, "51000", "51413"
+    ) == pytest.approx(1.0)
     assert judge.compare(PROMPT, "51413", "51413") == pytest.approx(0.5)
 
 
@@ -189,7 +205,9 @@ def test_judge_sample_mode_is_deterministic_and_order_independent() -> None:
     judge = BradleyTerryRewardJudge(latent_reward, scale=2.0, mode="sample", seed=11)
     out = judge.compare_batch(items)
     assert set(out) <= {0.0, 1.0}
-    assert out == BradleyTerryRewardJudge(latent_reward, scale=2.0, mode="sample", seed=11).compare_batch(items)
+    assert out == BradleyTerryRewardJudge(
+        latent_reward, scale=2.0, mode="sample", seed=11
+    ).compare_batch(items)
     assert list(reversed(out)) == judge.compare_batch(list(reversed(items)))
     many = [(PROMPT, "51413", str(i)) for i in range(10_000, 10_400)]
     p = judge.prob(*many[0])
