@@ -49,6 +49,7 @@ class LearnerGroup:
         cluster = placement.cluster
         self.algorithm = algorithm
         self.world_size = cluster.learner_ranks
+        self.nccl_ready = False
         env = {} if cluster.use_gpu else {"DS_ACCELERATOR": "cpu"}
         worker = ray.remote(LearnerWorker)
         self.ranks: list[ActorHandle] = [
@@ -170,6 +171,17 @@ class LearnerGroup:
         stats = ray.get(weight_sync.sync_stream.remote(self.ranks[0], "stream_weight_buckets", bucket_bytes))
         ray.get(joins)
         return stats
+
+    def sync_weights_nccl(self, weight_sync: ActorHandle, bucket_bytes: int) -> float:
+        """GPU: push the weights over vLLM's `nccl` backend (the group is formed on first use); seconds."""
+        start = time.perf_counter()
+        if not self.nccl_ready:
+            ip = ray.get(self.ranks[0].node_ip.remote())
+            port = ray.get(self.ranks[0].free_port.remote())
+            self._all("init_nccl_sender", weight_sync, ip, port, bucket_bytes)
+            self.nccl_ready = True
+        self._all("send_weights_nccl")
+        return time.perf_counter() - start
 
     def shutdown(self) -> None:
         """Kill the rank actors (their names become free again)."""

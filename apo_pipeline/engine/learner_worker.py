@@ -293,6 +293,18 @@ class LearnerWorker:
                 refs.append(ray.put(pack_bucket(bucket)))
         return refs
 
+    def init_nccl_sender(self, weight_sync: ray.actor.ActorHandle, master_address: str, master_port: int, bucket_bytes: int) -> None:
+        """GPU: join vLLM's NCCL weight-transfer group (rank 0 sends; every rank gathers)."""
+        from apo_pipeline.engine.nccl_source import ZeroWeightSource
+        from apo_pipeline.engine.weight_sync import nccl_sender
+
+        source = ZeroWeightSource(self.engine.module, bucket_bytes)
+        self.nccl = nccl_sender(weight_sync, rank=self.rank, master_address=master_address, master_port=master_port, source=source)
+
+    def send_weights_nccl(self) -> None:
+        """GPU: one full sync through the group made by `init_nccl_sender`."""
+        self.nccl.send_weights()
+
     def stream_weight_buckets(self, bucket_bytes: int) -> Iterator[PackedBucket]:
         """Rank 0 only, as a Ray streaming generator: the buckets of `weight_buckets`, one at a time."""
         for bucket in gathered_buckets(self.engine.module, bucket_bytes):

@@ -143,6 +143,9 @@ class Pipeline:
     def sync(self, index: int) -> None:
         """Push the learner's full weights into every generation engine."""
         with self.timer.stage("sync", **{self.unit: index}) as st:
+            if self.pool.backend == "nccl":
+                self.learner.sync_weights_nccl(self.weight_sync, bucket_bytes(self.cfg.sync))
+                return
             stats = self.learner.sync_weights(self.weight_sync, bucket_bytes(self.cfg.sync))
             st["bytes"], st["buckets"] = stats.bytes, stats.buckets
 
