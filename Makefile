@@ -19,7 +19,6 @@ test-fast: venv
 	$(PYTEST) -q -ra -m "not slow" tests
 
 bench: venv
-	$(PY) -m pip install -q ".[bench]"
 	$(PY) bench/run_all.py
 
 docs-config: venv

@@ -133,3 +133,9 @@ def test_job_with_a_mistyped_key_fails_before_ray_starts(tmp_path):
     assert proc.returncode == 2
     assert "learner.lrr: unknown key" in proc.stderr and "learner.lr" in proc.stderr
     assert "Ray" not in proc.stderr and not any(tmp_path.iterdir())
+
+
+def test_configuration_reference_is_current():
+    from apo_pipeline.config.docs import render
+
+    assert (REPO / "docs" / "configuration.md").read_text() == render(), "run `make docs-config`"
