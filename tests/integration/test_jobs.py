@@ -133,8 +133,15 @@ def test_mcpo_smoke_with_random_negatives(tmp_path):
     check_run_contract(run_dir, "iteration", rounds=1)
 
 
+def final_weights(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "final" / "model.safetensors")
+
+
 def test_apo_killed_after_a_checkpoint_resumes_with_the_same_command(tmp_path):
-    """SIGKILL the driver once iteration 1 is checkpointed; the same command finishes the run."""
+    """SIGKILL the driver once iteration 1 is checkpointed; the same command finishes the run, and
+    ends with the weights and evaluations of a run that was never stopped."""
     run_dir = tmp_path / "apo"
     cmd = [sys.executable, str(REPO / "jobs" / "apo.py"), "--preset", "smoke", "--run-dir", str(run_dir)]
     log = open(tmp_path / "first.log", "w")
@@ -155,3 +162,10 @@ def test_apo_killed_after_a_checkpoint_resumes_with_the_same_command(tmp_path):
     assert [e["iteration"] for e in events(run_dir, "eval")] == [0, 1, 2]
     assert (run_dir / "LATEST").read_text().strip() == "iteration_0002"
     check_run_contract(run_dir, "iteration", rounds=2)
+    straight = tmp_path / "straight"
+    run_job("apo", straight)
+    resumed_w, straight_w = final_weights(run_dir), final_weights(straight)
+    assert resumed_w.keys() == straight_w.keys()
+    assert max(float((resumed_w[k] - straight_w[k]).abs().max()) for k in resumed_w) <= 1e-6
+    rewards = [[e["reward_mean"] for e in events(d, "eval")] for d in (run_dir, straight)]
+    assert rewards[0] == rewards[1]
