@@ -99,7 +99,7 @@ def submit_when_ready(cmd: list[str], env: dict, deadline_s: float) -> subproces
     while True:
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=deadline_s)
         starting = "No available agent" in proc.stdout + proc.stderr or "Connection refused" in proc.stderr
-        if proc.returncode == 0 or not starting or time.time() - start > 90:
+        if proc.returncode == 0 or not starting or time.time() - start > 240:
             return proc
         time.sleep(3)
 
