@@ -13,10 +13,10 @@ demo: venv
 	$(PY) jobs/onmcpo.py
 
 test: venv
-	$(PYTEST) -q -ra tests
+	$(PYTEST) -q -ra -m "not gpu" tests
 
 test-fast: venv
-	$(PYTEST) -q -ra -m "not slow" tests
+	$(PYTEST) -q -ra -m "not slow and not gpu" tests
 
 bench: venv
 	$(PY) bench/run_all.py

@@ -5,11 +5,11 @@
 #
 # Parts:
 #   0. preflight: nvidia-smi sees a GPU, torch.cuda works, deepspeed and vllm import, the model exists
-#   1. learner in bf16 with DeepSpeed            pytest -m gpu tests/gpu -k "learner or deepspeed"
-#   2. NCCL weight transfer into a vLLM engine   pytest -m gpu tests/gpu -k "nccl or weight"; and, with
+#   1. learner in bf16 with DeepSpeed            pytest -m gpu tests/integration -k "learner or deepspeed"
+#   2. NCCL weight transfer into a vLLM engine   pytest -m gpu tests/integration -k "nccl or weight"; and, with
 #                                                >= 2 GPUs, a 1-step job with sync.backend=nccl
 #   3. one OnMC-PO segment on a small model      python jobs/onmcpo.py --config jobs/configs/gpu/smoke-1gpu.yaml
-#   4. any other GPU tests                       pytest -m gpu tests/gpu -k "not (...1 and 2...)"
+#   4. any other GPU tests                       pytest -m gpu tests/integration -k "not (...1 and 2...)"
 # A part whose tests do not exist yet, or that needs hardware this machine lacks, is SKIPPED and
 # listed as such: a skip is never reported as a pass. Exit status: 1 if any part failed,
 # 2 if parts were skipped and SMOKE_STRICT=1, else 0.
@@ -96,7 +96,7 @@ pass "preflight ($NUM_GPUS GPU(s), model $MODEL)"
 
 # --- GPU tests: run the ones that exist, say which do not -----------------------------------
 GPU_TESTS_PRESENT=0
-if [ -d tests/gpu ] && compgen -G "tests/gpu/test_*.py" >/dev/null; then
+if [ -d tests/integration ] && compgen -G "tests/integration/test_*.py" >/dev/null; then
   GPU_TESTS_PRESENT=1
 fi
 
@@ -104,12 +104,12 @@ fi
 run_gpu_tests() {
   local name=$1 filter=$2 rc
   if [ "$GPU_TESTS_PRESENT" = 0 ]; then
-    skip "$name" "tests/gpu has no test files yet"
+    skip "$name" "tests/integration has no test files yet"
     return 0
   fi
-  echo "== $name: pytest -m gpu tests/gpu -k \"$filter\""
+  echo "== $name: pytest -m gpu tests/integration -k \"$filter\""
   set +e
-  "$PY" -m pytest -q -ra -m gpu -k "$filter" tests/gpu
+  "$PY" -m pytest -q -ra -m gpu -k "$filter" tests/integration
   rc=$?
   set -e
   case $rc in

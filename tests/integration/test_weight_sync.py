@@ -113,17 +113,12 @@ class NcclLearner:
         self.sender.send_weights()
 
 
-@pytest.mark.slow
+@pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="GPU smoke: needs 2 GPUs (an engine and a learner)")
 def test_nccl_sync_gpu_smoke(ray_session, tiny_model_dir, hf_reference) -> None:
-    """Run alone (`-k gpu_smoke`): a Placement's group names are unique per Ray namespace."""
-    try:
-        ray.util.get_placement_group("apo-learner-0")
-        pytest.skip("the session's CPU Placement holds the group names; run this test alone")
-    except ValueError:
-        pass
+    """GPU only (deploy/gpu-smoke.sh runs `-m gpu`; `make test` deselects it)."""
     cluster = ClusterConfig(use_gpu=True, num_engines=1, gpu_memory_utilization=0.2)
-    placement = Placement(cluster).create()
+    placement = Placement(cluster, prefix="gpu-smoke").create()
     model = ModelConfig(path=tiny_model_dir)
     pool = GenerationPool(tiny_model_dir, model, cluster, placement, sync=SyncConfig(backend="nccl"))
     sync = WeightSync.options(**placement.options("weight-sync")).remote(pool)

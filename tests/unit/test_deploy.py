@@ -469,7 +469,7 @@ def test_slurm_script_uses_token_auth_a_local_dashboard_and_a_shared_run_dir():
 def test_gpu_smoke_runs_the_smoke_config_and_the_gpu_tests():
     text = (DEPLOY / "gpu-smoke.sh").read_text()
     assert "jobs/onmcpo.py" in text and "jobs/configs/gpu/smoke-1gpu.yaml" in text
-    assert "-m gpu" in text and "tests/gpu" in text
+    assert "-m gpu" in text and "tests/integration" in text
 
 
 # --------------------------------------------------------------------------- GPU configs
