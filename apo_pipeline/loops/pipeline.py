@@ -132,12 +132,17 @@ class Pipeline:
     def train(self, groups: list[TrainGroup], steps: int, index: int, first_step: int) -> int:
         """`steps` optimizer steps over seeded batches of `groups`; returns the next global step."""
         batches = step_batches(len(groups), self.batch_size, steps, seed=self.cfg.seed * 7919 + index)
+        colocated = self.cfg.cluster.colocate
+        if colocated:
+            self.pool.sleep()  # GPU: vLLM sleep mode frees the engines' memory for the learner
         with self.timer.stage("train", **{self.unit: index}) as st:
             for n, batch in enumerate(self.timer.progress(batches, desc=f"train {self.unit} {index}")):
                 metrics = self.learner.train_step([groups[i] for i in batch])
                 fields = {TRAIN_FIELDS[k]: v for k, v in metrics.items() if k in TRAIN_FIELDS}
                 self.log.log("train", step=first_step + n, **{self.unit: index}, **fields)
             st["pairs"] = sum(len(b) for b in batches)
+        if colocated:
+            self.pool.wake_up()
         return first_step + steps
 
     def sync(self, index: int) -> None:
