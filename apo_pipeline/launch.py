@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 
 from apo_pipeline.config import JOB_CONFIGS, BaseJobConfig, ConfigError, load_config
+from apo_pipeline.config.schema import LOCAL_NUM_CPUS
 from apo_pipeline.loops.resume import check_resume_config, read_saved_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "jobs" / "configs"
-LOCAL_NUM_CPUS = 8
 LOOP_MODULES = {"onmcpo": "apo_pipeline.loops.onmcpo", "apo": "apo_pipeline.loops.apo", "mcpo": "apo_pipeline.loops.mcpo"}
 
 
@@ -29,7 +29,7 @@ def parse_args(job: str, argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", help=f"YAML config (default: jobs/configs/{job}.yaml)")
     p.add_argument("--run-dir", help=f"run directory (default: runs/{job})")
     p.add_argument("--preset", help="preset name (jobs/configs/presets/<job>-<name>.yaml) or a YAML path")
-    p.add_argument("--address", help="Ray address to join (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--address", help="Ray address to join (default: RAY_ADDRESS, else a local Ray); sets cluster.address")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, applied last")
     return p.parse_args(argv)
 
@@ -50,7 +50,8 @@ def resolve_preset(job: str, preset: str | None) -> Path | None:
 def resolve_config(job: str, args: argparse.Namespace) -> BaseJobConfig:
     """Defaults -> config file -> preset -> overrides; raises ConfigError naming the key."""
     config_file = Path(args.config) if args.config else CONFIG_DIR / f"{job}.yaml"
-    return load_config(JOB_CONFIGS[job], config_file, args.overrides, resolve_preset(job, args.preset))
+    overrides = [*args.overrides, *([f"cluster.address={args.address}"] if args.address else [])]
+    return load_config(JOB_CONFIGS[job], config_file, overrides, resolve_preset(job, args.preset))
 
 
 def init_ray(cfg: BaseJobConfig, address: str | None) -> None:
@@ -89,9 +90,11 @@ def run_job(job: str, argv: list[str] | None = None) -> int:
     loop = importlib.import_module(LOOP_MODULES[job])
     import ray
 
+    from apo_pipeline.loops.recovery import run_with_recovery
+
     init_ray(cfg, args.address)
     try:
-        loop.run(cfg, run_dir)
+        run_with_recovery(loop.run, cfg, run_dir)
     finally:
         ray.shutdown()
     return 0

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from apo_pipeline.config.sections import (
     AlgorithmConfig,
@@ -12,6 +13,7 @@ from apo_pipeline.config.sections import (
     ClusterConfig,
     DataConfig,
     EvalConfig,
+    FaultConfig,
     GenerationConfig,
     JudgeConfig,
     LearnerConfig,
@@ -20,6 +22,9 @@ from apo_pipeline.config.sections import (
     Section,
     SyncConfig,
 )
+
+LOCAL_NUM_CPUS = 8  # logical CPUs of the local Ray that launch.init_ray starts when cluster.num_cpus is None
+
 
 class ConfigError(ValueError):
     """A config problem, phrased as one line that names the key."""
@@ -41,6 +46,7 @@ class BaseJobConfig(Section):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    fault: FaultConfig = Field(default_factory=FaultConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
 
     @model_validator(mode="after")
@@ -89,10 +95,27 @@ def _check_common(cfg: BaseJobConfig) -> None:
         need = max(engines, cl.learner_ranks) + judge if cl.colocate else engines + judge + cl.learner_ranks
         if need > cl.num_gpus:
             _fail("cluster.learner_ranks", f"placement needs {need} GPUs but cluster.num_gpus = {cl.num_gpus}")
-    if not cl.use_gpu and cl.num_cpus is not None:
-        need_cpu = cl.cpus_per_actor * (cl.num_engines + cl.learner_ranks + cl.judge_engines + 1)
-        if need_cpu > cl.num_cpus:
-            _fail("cluster.learner_ranks", f"actors need {need_cpu:g} CPUs but cluster.num_cpus = {cl.num_cpus}")
+    if not cl.use_gpu:
+        need_cpu = _placement_cpus(cfg)
+        if cl.num_cpus is not None and need_cpu > cl.num_cpus:
+            _fail("cluster.learner_ranks", f"placement needs {need_cpu:g} CPUs but cluster.num_cpus = {cl.num_cpus}")
+        joins_cluster = cl.address is not None or bool(os.environ.get("RAY_ADDRESS"))  # as launch.init_ray decides
+        if cl.num_cpus is None and not joins_cluster and need_cpu > LOCAL_NUM_CPUS:
+            _fail(
+                "cluster.learner_ranks",
+                f"placement needs {need_cpu:g} CPUs but a local Ray gets {LOCAL_NUM_CPUS} "
+                "(set cluster.num_cpus, or cluster.address to join a cluster)",
+            )
+
+
+def _placement_cpus(cfg: BaseJobConfig) -> float:
+    """Logical CPUs the placement groups reserve (engine/placement.py): one bundle of
+    cluster.cpus_per_actor per learner rank, generation TP rank (unless colocated) and llm-judge TP rank."""
+    cl = cfg.cluster
+    bundles = cl.learner_ranks + (0 if cl.colocate else cl.num_engines * cl.engine_tp)
+    if cfg.judge.backend == "llm":
+        bundles += cl.judge_engines * cl.judge_tp
+    return cl.cpus_per_actor * bundles
 
 
 class OnMCPOLoop(Section):
@@ -121,13 +144,21 @@ class MCPOLoop(Section):
 
     dataset: str = "builtin"
     epochs: int = Field(1, ge=1)
-    builtin_prompts: int = Field(64, ge=1, description="prompts of the dataset built from the built-in task")
+    builtin_prompts: int = Field(64, ge=1, description="prompts of data.prompts the `builtin` dataset is sampled from")
 
 
 class OnMCPOConfig(BaseJobConfig):
     name: str = "onmcpo"
     job: Literal["onmcpo"] = "onmcpo"
     loop: OnMCPOLoop = Field(default_factory=OnMCPOLoop)
+
+    @field_validator("algorithm")
+    @classmethod
+    def _default_loss(cls, algorithm: AlgorithmConfig) -> AlgorithmConfig:
+        """An algorithm.loss left unset is dpo for M = 1 negative and rnce for M > 1."""
+        if algorithm.num_negatives > 1 and "loss" not in algorithm.model_fields_set:
+            return algorithm.model_copy(update={"loss": "rnce"})
+        return algorithm
 
 
 class APOConfig(BaseJobConfig):

@@ -74,7 +74,7 @@ class JudgeConfig(Section):
 class AlgorithmConfig(Section):
     """The training objective: a loss of `apo_pipeline.losses` and how negatives are drawn."""
 
-    loss: str = Field("dpo", description="a name of apo_pipeline.losses.list_losses()")
+    loss: str = Field("dpo", description="a name of apo_pipeline.losses.list_losses(); OnMC-PO: rnce when unset and num_negatives > 1")
     beta: float = Field(0.1, gt=0.0, description="KL weight of the implicit reward beta*log(pi/pi_ref); also the MC kernel's")
     loss_options: dict[str, float | bool] = Field(
         default_factory=dict, description="the loss's own options (docs/algorithms.md), e.g. {label_smoothing: 0.1}"
@@ -141,6 +141,14 @@ class CheckpointConfig(Section):
     enabled: bool = True
     keep_last: int = Field(2, ge=1)
     save_hf: bool = True
+    every_steps: int = Field(0, ge=0, description="also checkpoint every N optimizer steps inside a round (0 = only after each round)")
+
+
+class FaultConfig(Section):
+    """What the job does when an actor dies (docs/operations.md, failures)."""
+
+    actor_restarts: int = Field(3, ge=0, description="Ray restarts of each generation / judge actor; their in-flight requests are re-sent")
+    job_restores: int = Field(2, ge=0, description="times the job rebuilds its actors from the last checkpoint after a learner (or other unrecoverable) actor death")
 
 
 class MonitoringConfig(Section):

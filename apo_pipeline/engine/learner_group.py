@@ -75,13 +75,13 @@ class LearnerGroup:
         port = ray.get(self.ranks[0].free_port.remote())
         # On GPU each actor sees only its own device (Ray sets CUDA_VISIBLE_DEVICES): local rank 0.
         local = [0 if use_gpu else ips[:i].count(ip) for i, ip in enumerate(ips)]
-        return ray.get(
+        return get_all(
             [rank.setup.remote(ips[0], port, i, self.world_size, local[i]) for i, rank in enumerate(self.ranks)]
         )
 
     def _all(self, method: str, *args: Any) -> list[Any]:
         """Call `method(*args)` on every rank at once; the results in rank order."""
-        return ray.get([getattr(rank, method).remote(*args) for rank in self.ranks])
+        return get_all([getattr(rank, method).remote(*args) for rank in self.ranks])
 
     def compute_logps(self, items: Sequence[TrainGroup] | Sequences) -> list[list[float]] | list[float]:
         """Per-sequence summed log-probs (nats) under the current policy, without gradient.
@@ -95,7 +95,7 @@ class LearnerGroup:
             if not prompt or not response:
                 raise ValueError(f"sequence {i}: empty {'prompt' if not prompt else 'response'} token ids")
         shards = shard_indices([len(p) + len(r) for p, r in pairs], self.world_size)
-        results = ray.get(
+        results = get_all(
             [
                 rank.compute_logps.remote([pairs[i][0] for i in shard], [pairs[i][1] for i in shard])
                 for rank, shard in zip(self.ranks, shards)
@@ -125,7 +125,7 @@ class LearnerGroup:
         loads = [len(g.prompt_ids) * len(g.candidate_ids) + sum(map(len, g.candidate_ids)) for g in groups]
         shards = shard_indices(loads, self.world_size)
         start = time.perf_counter()
-        reports = ray.get(
+        reports = get_all(
             [
                 rank.train_step.remote([groups[i] for i in shard], algorithm, len(groups))
                 for rank, shard in zip(self.ranks, shards)
@@ -168,8 +168,8 @@ class LearnerGroup:
         """Stream the weights into every engine through `WeightSync.sync_stream` (at most its
         `max_inflight` buckets alive at once); ranks > 0 join the gathers meanwhile."""
         joins = [rank.join_weight_gathers.remote(bucket_bytes) for rank in self.ranks[1:]]
-        stats = ray.get(weight_sync.sync_stream.remote(self.ranks[0], "stream_weight_buckets", bucket_bytes))
-        ray.get(joins)
+        stats_ref = weight_sync.sync_stream.remote(self.ranks[0], "stream_weight_buckets", bucket_bytes)
+        stats = get_all([stats_ref, *joins])[0]
         return stats
 
     def sync_weights_nccl(self, weight_sync: ActorHandle, bucket_bytes: int) -> float:
@@ -188,6 +188,16 @@ class LearnerGroup:
         for rank in self.ranks:
             ray.kill(rank)
         self.ranks = []
+
+
+def get_all(refs: list[ray.ObjectRef]) -> list[Any]:
+    """`ray.get(refs)`, but the first failure is raised as soon as it happens: the ranks run
+    collectives, so when one dies the others would wait on it forever."""
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        ray.get(ready)
+    return ray.get(refs)
 
 
 def merge_reports(reports: Sequence[StepReport], seconds: float) -> dict[str, float]:

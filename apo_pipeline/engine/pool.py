@@ -11,17 +11,25 @@ Prompts longer than `max_prompt_tokens` (or than max_model_len - max_tokens) are
 where a chat template's generation prompt sits; `Rollout.prompt` stays the full text, `prompt_ids`
 are what the engine saw). Both are counted in `metrics()`.
 
-The pool object is picklable (actor handles + plain data): the `weight-sync` actor holds a copy.
+Engine deaths: engines are created with `max_restarts`; a call whose engine died, and a call
+answered by an engine that restarted since the pool last saw it (its pid changed, so it may hold
+the initial weights), is sent again once the engine is back, after `restart_hook` (the pipeline's
+weight re-sync) has run. Seeds depend only on prompt indices, so the re-sent shard returns what
+the first attempt would have: no prompt is lost or duplicated. Restarts are counted in `metrics()`.
+
+The pool object is picklable (actor handles + plain data; the hook is not sent): the
+`weight-sync` actor holds a copy.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, Literal
 
 import ray
+from ray.exceptions import RayActorError
 from ray.experimental import get_object_locations
 
 from apo_pipeline.config.sections import ClusterConfig, GenerationConfig, ModelConfig, SyncConfig
@@ -57,7 +65,12 @@ class GenerationPool:
         overlong: Literal["skip", "truncate"] = "skip",
         logprobs_mode: LogprobsMode = "processed_logprobs",
         seed: int = 0,
+        max_restarts: int = 0,
+        restart_timeout_s: float = 600.0,
     ) -> None:
+        self.max_restarts = max_restarts
+        self.restart_timeout_s = restart_timeout_s
+        self.restart_hook: Callable[[], None] | None = None
         self.num_engines = cluster.num_engines
         self.engine_tp = cluster.engine_tp
         self.max_model_len = model.max_model_len
@@ -65,7 +78,7 @@ class GenerationPool:
         self.overlong = overlong
         self.backend = sync_backend(sync or SyncConfig(), cluster)
         self.engines = [
-            GenerationEngine.options(**placement.options("gen", i)).remote(
+            GenerationEngine.options(**placement.options("gen", i), max_restarts=max_restarts).remote(
                 model_path,
                 model,
                 cluster,
@@ -77,13 +90,63 @@ class GenerationPool:
         ]
         self.engine_info = ray.get([e.ready.remote() for e in self.engines])
         self.totals: dict[str, float] = {
-            "calls": 0, "prompts": 0, "candidates": 0, "tokens": 0, "seconds": 0.0, "skipped": 0, "truncated": 0
+            "calls": 0, "prompts": 0, "candidates": 0, "tokens": 0, "seconds": 0.0, "skipped": 0, "truncated": 0,
+            "engine_restarts": 0,
         }
         self.last: dict[str, Any] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__, restart_hook=None)
+
+    def _restarted(self) -> set[int]:
+        """Engines whose process changed since last seen (waits for restarting ones to come back)."""
+        infos = ray.get([e.ready.remote() for e in self.engines], timeout=self.restart_timeout_s)
+        return {i for i, (old, new) in enumerate(zip(self.engine_info, infos)) if old["pid"] != new["pid"]}
+
+    def _recover(self, engines: set[int]) -> None:
+        """Wait for restarted `engines`, run `restart_hook` (bring their weights up to date), note their pids."""
+        self.engine_info = ray.get([e.ready.remote() for e in self.engines], timeout=self.restart_timeout_s)
+        self.totals["engine_restarts"] += len(engines)
+        if self.restart_hook is not None:
+            self.restart_hook()
+
+    def _call_shards(self, method: str, shards: list[list[EncodedPrompt]], args: tuple) -> list[list[Rollout]]:
+        """`method(shard, *args)` on each engine with a non-empty shard; dead or restarted engines'
+        shards are re-sent after `_recover` (at most `max_restarts` times). Results in engine order."""
+        busy = {i for i, shard in enumerate(shards) if shard}
+        results: dict[int, list[Rollout]] = {}
+        todo = sorted(busy)
+        for attempt in range(self.max_restarts + 1):
+            refs = {i: getattr(self.engines[i], method).remote(shards[i], *args) for i in todo}
+            failed = set()
+            for i, ref in refs.items():
+                try:
+                    results[i] = ray.get(ref)
+                except RayActorError:
+                    failed.add(i)
+            restarted = failed | self._restarted()
+            if not restarted:
+                return [results.get(i, []) for i in range(len(shards))]
+            if attempt == self.max_restarts:
+                break
+            self._recover(restarted)
+            todo = sorted(restarted & busy)
+        raise RuntimeError(f"generation engines {sorted(restarted)} died again after {self.max_restarts} restart(s)")
+
+    def _encode(self, prompts: list[Prompt]) -> list[EncodedPrompt]:
+        """Tokenize on engine 0 (weights play no part, so a restarted engine answers the same)."""
+        retries = self.max_restarts
+        while True:
+            try:
+                return ray.get(self.engines[0].encode.remote(prompts))
+            except RayActorError:
+                if retries == 0:
+                    raise
+                retries -= 1
+
     def _prepare(self, prompts: list[Prompt], max_tokens: int) -> list[EncodedPrompt]:
         """Tokenize on engine 0 and apply the overlong policy; counts go to `self.last`."""
-        encoded: list[EncodedPrompt] = ray.get(self.engines[0].encode.remote(prompts))
+        encoded = self._encode(prompts)
         limit = self.max_model_len - max_tokens
         if self.max_prompt_tokens is not None:
             limit = min(limit, self.max_prompt_tokens)
@@ -103,12 +166,8 @@ class GenerationPool:
         start = time.perf_counter()
         encoded = self._prepare(prompts, max_tokens)
         shards = spread([len(p.token_ids) + k * max_tokens for p in encoded], self.num_engines)
-        calls = [
-            getattr(engine, method).remote([encoded[i] for i in shard], *args)
-            for engine, shard in zip(self.engines, shards)
-            if shard
-        ]
-        rollouts = sorted((r for part in ray.get(calls) for r in part), key=lambda r: r.prompt_index)
+        parts = self._call_shards(method, [[encoded[i] for i in shard] for shard in shards], args)
+        rollouts = sorted((r for part in parts for r in part), key=lambda r: r.prompt_index)
         seconds = time.perf_counter() - start
         tokens = sum(len(c.token_ids) for r in rollouts for c in r.candidates)
         self.last.update(

@@ -14,11 +14,29 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from apo_pipeline.config import APOConfig
 from apo_pipeline.loops.pairs import sppo_pairs, winner_vs_random
 from apo_pipeline.loops.pipeline import Pipeline, judgements_from_rankings, judgements_from_win_rates
 from apo_pipeline.loops.schedule import epoch_steps, split_segments
+from apo_pipeline.rollout import TrainGroup
+
+
+def iteration_data(pipe: Pipeline, cfg: APOConfig, prompts: list[Any], t: int) -> list[TrainGroup]:
+    """Sample from pi_t, judge, build the pairs and store log pi_t with them; tables written."""
+    rollouts = pipe.generate(prompts, t)
+    if cfg.algorithm.loss == "sppo":
+        rates = pipe.win_rates(rollouts, t)
+        built, judgements = sppo_pairs(rollouts, rates), judgements_from_win_rates(rollouts, rates)
+    else:
+        rankings = pipe.rank(rollouts, t)
+        built = winner_vs_random(rollouts, rankings, seed=cfg.seed * 31 + t)
+        judgements = judgements_from_rankings(rollouts, rankings)
+    pipe.log.log("data", iteration=t, prompts=len(rollouts), dropped_by_judge=built.dropped)
+    groups = pipe.reference_logps(built.groups, t)
+    pipe.save_tables(t, rollouts, judgements, groups)
+    return groups
 
 
 def run(cfg: APOConfig, run_dir: Path) -> Path:
@@ -26,28 +44,23 @@ def run(cfg: APOConfig, run_dir: Path) -> Path:
     T, alpha = cfg.loop.iterations, cfg.loop.alpha
     pipe = Pipeline(cfg, run_dir, unit="iteration", total_steps=1)
     try:
-        done, step = pipe.resume()
-        if not done:
+        at = pipe.resume()
+        if at.fresh:
             pipe.evaluate(0)
             pipe.learner.snapshot_weights()
         chunks = split_segments(pipe.prompts.train, T)
+        step = at.step
         for t, prompts in enumerate(chunks, start=1):
-            if t <= done:
+            if t <= at.done:
                 continue
-            rollouts = pipe.generate(prompts, t)
-            if cfg.algorithm.loss == "sppo":
-                rates = pipe.win_rates(rollouts, t)
-                built, judgements = sppo_pairs(rollouts, rates), judgements_from_win_rates(rollouts, rates)
-            else:
-                rankings = pipe.rank(rollouts, t)
-                built = winner_vs_random(rollouts, rankings, seed=cfg.seed * 31 + t)
-                judgements = judgements_from_rankings(rollouts, rankings)
-            pipe.log.log("data", iteration=t, prompts=len(rollouts), dropped_by_judge=built.dropped)
-            groups = pipe.reference_logps(built.groups, t)
-            pipe.save_tables(t, rollouts, judgements, groups)
+            groups = pipe.stored_pairs(t)
+            if groups is None:
+                groups = iteration_data(pipe, cfg, prompts, t)
             steps = epoch_steps(len(groups), pipe.batch_size, cfg.loop.epochs)
-            pipe.learner.new_iteration(steps)
-            step = pipe.train(groups, steps, t, step)
+            done_steps = at.steps_done_in(t)
+            if not done_steps:  # a mid-iteration checkpoint restored the optimizer and schedule
+                pipe.learner.new_iteration(steps)
+            step = pipe.train(groups, steps, t, step, done_steps)
             pipe.learner.extrapolate(alpha)
             pipe.sync(t)
             if pipe.should_evaluate(t, T):

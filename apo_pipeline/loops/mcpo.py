@@ -20,13 +20,16 @@ from apo_pipeline.loops.pairs import candidate_groups
 from apo_pipeline.loops.pipeline import Pipeline, judgements_from_rankings
 from apo_pipeline.loops.schedule import epoch_steps
 from apo_pipeline.rollout import TrainGroup
-from apo_pipeline.storage import read_pairs, write_judgements, write_pairs, write_rollouts
+from apo_pipeline.storage import write_judgements, write_pairs, write_rollouts
 from apo_pipeline.task import load_prompts
 
 
 def builtin_dataset(pipe: Pipeline, cfg: MCPOConfig) -> list[TrainGroup]:
-    """Sample K candidates per built-in prompt from the starting policy and rank them (index 0)."""
-    prompts = load_prompts("builtin", split="train", limit=cfg.loop.builtin_prompts, seed=cfg.seed).prompts
+    """Sample K candidates per prompt of data.prompts (at most loop.builtin_prompts) from the
+    starting policy and rank them (index 0)."""
+    d = cfg.data
+    limit = cfg.loop.builtin_prompts
+    prompts = load_prompts(d.prompts, split="train", limit=limit, on_error=d.on_error, seed=cfg.seed).prompts
     rollouts = pipe.generate(prompts, 0)
     rankings = pipe.rank(rollouts, 0)
     built = candidate_groups(rollouts, rankings)
@@ -48,20 +51,20 @@ def run(cfg: MCPOConfig, run_dir: Path) -> Path:
     """Run offline MC-PO; returns the final policy's HF directory (`<run_dir>/final`)."""
     pipe = Pipeline(cfg, run_dir, unit="iteration", total_steps=1)
     try:
-        done, step = pipe.resume()
-        pairs_path = pipe.run.table_path("pairs", 0, pipe.unit)
-        if done:
-            groups = read_pairs(pairs_path)
-        else:
+        at = pipe.resume()
+        if at.fresh:
             pipe.evaluate(0)
+        groups = pipe.stored_pairs(0)
+        if groups is None:
             raw = builtin_dataset(pipe, cfg) if cfg.loop.dataset == "builtin" else file_dataset(pipe, cfg)
             groups = pipe.reference_logps(raw, 0)
-            write_pairs(pairs_path, groups)
+            write_pairs(pipe.run.table_path("pairs", 0, pipe.unit), groups)
         steps = epoch_steps(len(groups), pipe.batch_size, 1)
-        if not done:
+        if at.fresh:
             pipe.learner.new_iteration(steps * cfg.loop.epochs, reset_optimizer=False)
-        for epoch in range(done + 1, cfg.loop.epochs + 1):
-            step = pipe.train(groups, steps, epoch, step)
+        step = at.step
+        for epoch in range(at.done + 1, cfg.loop.epochs + 1):
+            step = pipe.train(groups, steps, epoch, step, done_steps=at.steps_done_in(epoch))
             pipe.sync(epoch)
             if pipe.should_evaluate(epoch, cfg.loop.epochs):
                 pipe.evaluate(epoch)

@@ -1,7 +1,8 @@
 """Offline K-candidate datasets for MC-PO: rows {prompt, candidates: [K strings], preferred: int}.
 
-Read from JSONL, Parquet or a `datasets.save_to_disk` directory; every malformed row is an error
-naming the file and the row (1-based), or is skipped and counted with `on_error="skip"`.
+Read from JSONL, Parquet or a `datasets.save_to_disk` directory (a DatasetDict's `train` split);
+every malformed row is an error naming the file and the row (1-based), or is skipped and counted
+with `on_error="skip"`.
 Token ids are made with the policy's tokenizer the way the engines make them: the prompt with the
 tokenizer's special tokens, each candidate without them plus EOS.
 """
@@ -17,6 +18,8 @@ from transformers import PreTrainedTokenizerBase
 
 from apo_pipeline.rollout import TrainGroup
 
+SPLIT = "train"  # the split read from a saved DatasetDict
+
 
 @dataclass
 class CandidateRow:
@@ -26,16 +29,25 @@ class CandidateRow:
 
 
 def _rows(path: Path) -> list[Any]:
+    """Raw rows in file order; JSONL keeps a None per blank line so row numbers are line numbers."""
     if path.is_dir():
         import datasets
 
-        return list(datasets.load_from_disk(str(path)))
-    if path.suffix == ".parquet":
+        data = datasets.load_from_disk(str(path))
+        if isinstance(data, datasets.DatasetDict):
+            if SPLIT not in data:
+                raise ValueError(f"{path}: no {SPLIT!r} split (splits: {', '.join(data)})")
+            data = data[SPLIT]
+        return list(data)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
+    if suffix not in (".jsonl", ".ndjson"):
+        raise ValueError(f"{path}: unsupported dataset; expected .jsonl / .ndjson / .parquet or a datasets directory")
     rows = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         try:
             rows.append(json.loads(line) if line.strip() else None)
         except json.JSONDecodeError as exc:

@@ -7,38 +7,50 @@
         store log pi_ref of every candidate (pi_ref = the policy at the segment's start)
         train: each step draws M negatives with the MC kernel softmax(beta log pi/pi_ref)
         sync the new weights into the generation engines, evaluate, checkpoint
-    (re-running the same command resumes after the last checkpointed segment)
+    (re-running the same command resumes from the last checkpoint, inside a segment too, and
+     reuses a segment's stored data instead of sampling it again)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from apo_pipeline.config import OnMCPOConfig
 from apo_pipeline.loops.pairs import candidate_groups
 from apo_pipeline.loops.pipeline import Pipeline, judgements_from_rankings
 from apo_pipeline.loops.schedule import split_segments, steps_per_part
+from apo_pipeline.rollout import TrainGroup
+
+
+def segment_data(pipe: Pipeline, prompts: list[Any], s: int) -> list[TrainGroup]:
+    """Sample K candidates, rank them, store log pi_ref of every candidate; tables written."""
+    rollouts = pipe.generate(prompts, s)
+    rankings = pipe.rank(rollouts, s)
+    built = candidate_groups(rollouts, rankings)
+    pipe.log.log("data", segment=s, prompts=len(rollouts), dropped_by_judge=built.dropped)
+    groups = pipe.reference_logps(built.groups, s)
+    pipe.save_tables(s, rollouts, judgements_from_rankings(rollouts, rankings), groups)
+    return groups
 
 
 def run(cfg: OnMCPOConfig, run_dir: Path) -> Path:
     """Run OnMC-PO; returns the final policy's HF directory (`<run_dir>/final`)."""
     pipe = Pipeline(cfg, run_dir, unit="segment", total_steps=cfg.loop.total_steps)
     try:
-        done, step = pipe.resume()
-        if not done:
+        at = pipe.resume()
+        if at.fresh:
             pipe.evaluate(0)
         segments = split_segments(pipe.prompts.train, cfg.loop.segments)
         steps = steps_per_part(cfg.loop.total_steps, cfg.loop.segments)
+        step = at.step
         for s, prompts in enumerate(segments, start=1):
-            if s <= done:
+            if s <= at.done:
                 continue
-            rollouts = pipe.generate(prompts, s)
-            rankings = pipe.rank(rollouts, s)
-            built = candidate_groups(rollouts, rankings)
-            pipe.log.log("data", segment=s, prompts=len(rollouts), dropped_by_judge=built.dropped)
-            groups = pipe.reference_logps(built.groups, s)
-            pipe.save_tables(s, rollouts, judgements_from_rankings(rollouts, rankings), groups)
-            step = pipe.train(groups, steps[s - 1], s, step)
+            groups = pipe.stored_pairs(s)
+            if groups is None:
+                groups = segment_data(pipe, prompts, s)
+            step = pipe.train(groups, steps[s - 1], s, step, done_steps=at.steps_done_in(s))
             pipe.sync(s)
             if pipe.should_evaluate(s, len(segments)):
                 pipe.evaluate(s)

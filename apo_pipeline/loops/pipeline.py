@@ -9,6 +9,8 @@ Each method is one stage of the papers' pseudo-code, timed and logged:
 from __future__ import annotations
 
 import logging
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -23,12 +25,14 @@ from apo_pipeline.engine.placement import Placement
 from apo_pipeline.engine.pool import GenerationPool
 from apo_pipeline.engine.weight_sync import WeightSync, bucket_bytes
 from apo_pipeline.loops.evaluation import Evaluator
-from apo_pipeline.loops.resume import restore_latest, save_round
+from apo_pipeline.loops.resume import ResumePoint, restore_latest, save_round
 from apo_pipeline.loops.schedule import step_batches
 from apo_pipeline.monitoring import MetricsLogger, StageTimer
 from apo_pipeline.ranking import PromptRanking, WinRates
 from apo_pipeline.rollout import Rollout, TrainGroup
-from apo_pipeline.storage import Comparison, Judgement, RunDir, create_run_dir, write_judgements, write_pairs, write_rollouts
+from apo_pipeline.storage import (
+    Comparison, Judgement, RunDir, create_run_dir, read_pairs, write_judgements, write_pairs, write_rollouts,
+)
 from apo_pipeline.task import load_prompts, load_reward_fn, resolve_model
 
 log = logging.getLogger("apo_pipeline")
@@ -39,6 +43,8 @@ TRAIN_FIELDS = {
     "perf/pairs_per_s": "pairs_per_s", "perf/tokens_per_s": "tokens_per_s", "dyn/pos_norm": "dyn_pos_norm",
     "dyn/neg_norm": "dyn_neg_norm", "dyn/weight_mean": "dyn_weight_mean",
 }
+
+JUDGE_BACKEND_COUNTS = ("scored", "retried", "overlong", "errors")
 
 
 @dataclass
@@ -68,13 +74,21 @@ class Pipeline:
         self.pool = GenerationPool(
             str(self.model_dir), cfg.model, cl, self.placement, sync=cfg.sync,
             max_prompt_tokens=cfg.data.max_prompt_tokens, overlong=cfg.data.overlong, seed=cfg.seed,
+            max_restarts=cfg.fault.actor_restarts,
         )
+        self.pool.restart_hook = self._resync_engines
         judge_opts = self.placement.options("judge", 0) if cfg.judge.backend == "llm" else {"name": "judge-0", "num_cpus": 0}
-        self.judge = Judge.options(**judge_opts).remote(cfg.judge, cl, chat=cfg.data.chat, seed=cfg.seed)
+        # The judge holds no state a restart loses: Ray re-sends its in-flight calls to the new process.
+        restarts = cfg.fault.actor_restarts
+        self.judge = Judge.options(**judge_opts, max_restarts=restarts, max_task_retries=restarts).remote(
+            cfg.judge, cl, chat=cfg.data.chat, seed=cfg.seed)
         self.learner = LearnerGroup(cfg.model.model_copy(update={"path": str(self.model_dir)}), cfg.learner,
                                     cfg.algorithm, self.placement, total_steps=total_steps, seed=cfg.seed)
         self.weight_sync = WeightSync.options(**self.placement.options("weight-sync")).remote(self.pool)
         self.evaluator = Evaluator(self, cfg.eval, cfg.generation.max_tokens)
+        self._judge_seen: dict[str, int] = {}
+        self.round = 0  # the round whose stages run now (for the logs of an engine re-sync)
+        self.consumed_prompts = 0
         log.info("pipeline ready: %d engine(s), %d learner rank(s), judge %s, run dir %s",
                  cl.num_engines, cl.learner_ranks, cfg.judge.backend, self.run.root)
 
@@ -96,6 +110,7 @@ class Pipeline:
     def generate(self, prompts: list[Any], index: int, gen: GenerationConfig | None = None) -> list[Rollout]:
         """K candidates per prompt from the current policy (seeded by run seed and round)."""
         gen = gen or self.cfg.generation
+        self.round = index
         with self.timer.stage("generate", **{self.unit: index}) as st:
             rollouts = self.pool.sample(prompts, gen, seed=self.cfg.seed * 1000 + index)
             last = self.pool.metrics()["last"]
@@ -109,7 +124,9 @@ class Pipeline:
         with self.timer.stage("judge", **{self.unit: index}):
             result = ray.get(self.judge.rank.remote(
                 [r.prompt for r in rollouts], [[c.text for c in r.candidates] for r in rollouts], self.cfg.seed + index))
-        self.log.log("judge", **{self.unit: index, **result.totals, "judge_calls": result.judge_calls})
+        t = result.totals
+        self._log_judge(index, comparisons=t["comparisons"], asked=t["asked"], ties=t["ties"], failed=t["failures"],
+                        partial=t["partial_failures"], judge_calls=result.judge_calls)
         return result.prompts
 
     def win_rates(self, rollouts: list[Rollout], index: int) -> list[WinRates]:
@@ -117,9 +134,18 @@ class Pipeline:
         with self.timer.stage("judge", **{self.unit: index}):
             rates = ray.get(self.judge.win_matrix.remote(
                 [r.prompt for r in rollouts], [[c.text for c in r.candidates] for r in rollouts]))
-        self.log.log("judge", **{self.unit: index}, failed=sum(w.failures for w in rates),
-                     partial=sum(w.partial_failures for w in rates))
+        self._log_judge(index, failed=sum(w.failures for w in rates), partial=sum(w.partial_failures for w in rates))
         return rates
+
+    def _log_judge(self, index: int, **counts: int) -> None:
+        """One "judge" event: the ranking's counts (`failed`: comparisons never scored, counted, not
+        guessed) plus what the backend counted since the last event (llm: scored, retried, overlong,
+        errors)."""
+        now = ray.get(self.judge.metrics.remote())
+        backend = {k: v - self._judge_seen.get(k, 0) if v >= self._judge_seen.get(k, 0) else v  # a restart resets them
+                   for k, v in now.items() if k in JUDGE_BACKEND_COUNTS}
+        self._judge_seen = now
+        self.log.log("judge", **{self.unit: index}, **counts, **backend)
 
     def reference_logps(self, groups: list[TrainGroup], index: int) -> list[TrainGroup]:
         """Store log pi_ref of every candidate with the data (pi_ref = the current policy)."""
@@ -129,21 +155,27 @@ class Pipeline:
             st["pairs"] = len(groups)
         return groups
 
-    def train(self, groups: list[TrainGroup], steps: int, index: int, first_step: int) -> int:
-        """`steps` optimizer steps over seeded batches of `groups`; returns the next global step."""
+    def train(self, groups: list[TrainGroup], steps: int, index: int, step: int, done_steps: int = 0) -> int:
+        """Optimizer steps `done_steps..steps-1` of round `index` over seeded batches of `groups`
+        (`step`: the next global step); checkpoints every `checkpoint.every_steps` steps inside the
+        round. Returns the next global step."""
         batches = step_batches(len(groups), self.batch_size, steps, seed=self.cfg.seed * 7919 + index)
+        first, every = step - done_steps, self.cfg.checkpoint.every_steps
         colocated = self.cfg.cluster.colocate
         if colocated:
             self.pool.sleep()  # GPU: vLLM sleep mode frees the engines' memory for the learner
         with self.timer.stage("train", **{self.unit: index}) as st:
-            for n, batch in enumerate(self.timer.progress(batches, desc=f"train {self.unit} {index}")):
-                metrics = self.learner.train_step([groups[i] for i in batch])
+            todo = range(done_steps, steps)
+            for n in self.timer.progress(todo, desc=f"train {self.unit} {index}", total=len(todo)):
+                metrics = self.learner.train_step([groups[i] for i in batches[n]])
                 fields = {TRAIN_FIELDS[k]: v for k, v in metrics.items() if k in TRAIN_FIELDS}
-                self.log.log("train", step=first_step + n, **{self.unit: index}, **fields)
-            st["pairs"] = sum(len(b) for b in batches)
+                self.log.log("train", step=first + n, **{self.unit: index}, **fields)
+                if every and (n + 1) % every == 0 and n + 1 < steps:
+                    self.checkpoint(index - 1, first + n + 1, round_steps=n + 1)
+            st["pairs"] = sum(len(batches[n]) for n in todo)
         if colocated:
             self.pool.wake_up()
-        return first_step + steps
+        return first + steps
 
     def sync(self, index: int) -> None:
         """Push the learner's full weights into every generation engine."""
@@ -161,28 +193,62 @@ class Pipeline:
 
     def evaluate(self, index: int) -> dict[str, float]:
         """Held-out reward and win-rate against the starting policy (index 0 = the start)."""
+        self.round = index
         with self.timer.stage("eval", **{self.unit: index}):
             return self.evaluator.run(index)
 
-    def resume(self) -> tuple[int, int]:
-        """Restore the newest valid checkpoint (learner, then engines); (rounds done, next step)."""
-        done, step = restore_latest(self.run.root, self.unit, self.learner)
-        if done:
-            self.sync(done)
-            self.log.log("resume", **{self.unit: done}, step=step)
-        return done, step
+    def _resync_engines(self) -> None:
+        """After a generation engine restarted: push the learner's current weights again."""
+        self.log.log("fault", **{self.unit: self.round}, engine_restarts=self.pool.totals["engine_restarts"])
+        self.sync(self.round)
 
-    def checkpoint(self, index: int, step: int) -> None:
-        """Checkpoint after round `index` (learner state + loop state), when enabled."""
-        if self.cfg.checkpoint.enabled:
-            with self.timer.stage("checkpoint", **{self.unit: index}):
-                save_round(self.run.root, self.unit, index, step, self.learner, self.cfg.checkpoint.keep_last)
+    def resume(self) -> ResumePoint:
+        """Restore the newest valid checkpoint (learner, then engines) and cut metrics.jsonl back to
+        what that checkpoint saw, so the log reads as one uninterrupted run."""
+        point, state = restore_latest(self.run.root, self.unit, self.learner)
+        if state is not None:
+            discarded = self.log.rewind(state.metrics_lines)
+            self.consumed_prompts = state.consumed_prompts
+            self.sync(point.done)
+            self.log.log("resume", **{self.unit: point.done}, step=point.step, round_steps=point.round_steps,
+                         discarded_lines=discarded)
+        self.log.log("actors", **self.actor_pids())
+        return point
+
+    def actor_pids(self) -> dict[str, int]:
+        """Process id of every actor by its dashboard name (what an operator kills or inspects)."""
+        handles = {f"learner-{i}": r for i, r in enumerate(self.learner.ranks)}
+        handles.update({f"gen-{i}": e for i, e in enumerate(self.pool.engines)})
+        handles.update({"judge-0": self.judge, "weight-sync": self.weight_sync})
+        pids = ray.get([h.__ray_call__.remote(lambda actor: os.getpid()) for h in handles.values()])
+        return dict(zip(handles, pids))
+
+    def checkpoint(self, done: int, step: int, round_steps: int = 0) -> None:
+        """Checkpoint after round `done` plus `round_steps` steps of the next (next global step
+        `step`), when enabled."""
+        ck = self.cfg.checkpoint
+        if ck.enabled:
+            with self.timer.stage("checkpoint", **{self.unit: done}):
+                save_round(self.run, self.unit, ResumePoint(done, step, round_steps), self.learner,
+                           keep_last=ck.keep_last, metrics_lines=self.log.lines,
+                           consumed_prompts=self.consumed_prompts, hf_export=ck.save_hf)
+
+    def stored_pairs(self, index: int) -> list[TrainGroup] | None:
+        """Round `index`'s pairs table if an earlier attempt already wrote it (it is written last,
+        atomically, so its presence means the round's data is complete); None otherwise."""
+        path = self.run.table_path("pairs", index, self.unit)
+        if not path.is_file():
+            return None
+        groups = read_pairs(path)
+        self.log.log("data", **{self.unit: index}, reused=str(path.relative_to(self.run.root)), pairs=len(groups))
+        return groups
 
     def save_tables(self, index: int, rollouts: list[Rollout], judgements: list[Judgement], groups: list[TrainGroup]) -> None:
         """rollouts / judgements / pairs of one round as Parquet under the run directory."""
         write_rollouts(self.run.table_path("rollouts", index, self.unit), rollouts)
         write_judgements(self.run.table_path("judgements", index, self.unit), judgements)
         write_pairs(self.run.table_path("pairs", index, self.unit), groups)
+        self.consumed_prompts += len(rollouts)
 
     def export_final(self) -> Path:
         """The final policy as an HF model directory `<run>/final/`."""
@@ -190,11 +256,28 @@ class Pipeline:
         return self.run.final_dir
 
     def shutdown(self) -> None:
+        """Kill every actor and free the placement; returns once the role names can be reused
+        (a job restore builds the next pipeline in the same Ray namespace)."""
+        names = [f"learner-{i}" for i in range(len(self.learner.ranks))]
+        names += ["weight-sync", "judge-0", *(f"gen-{i}" for i in range(len(self.pool.engines)))]
         self.learner.shutdown()
         for handle in (self.weight_sync, self.judge, *self.pool.engines):
             ray.kill(handle)
         self.placement.remove()
         self.log.close()
+        wait_names_free(names)
+
+
+def wait_names_free(names: list[str], timeout_s: float = 60.0) -> None:
+    """Poll until no live actor holds any of `names` (ray.kill returns before the name is released)."""
+    deadline = time.monotonic() + timeout_s
+    for name in names:
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(name)
+            except ValueError:
+                break
+            time.sleep(0.2)
 
 
 def judgements_from_rankings(rollouts: list[Rollout], rankings: list[PromptRanking]) -> list[Judgement]:

@@ -16,9 +16,13 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from apo_pipeline.storage.rundir import atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
-COUNTER_FIELDS: dict[str, frozenset[str]] = {"judge": frozenset({"asked", "scored", "failed", "retried", "ties"})}
+COUNTER_FIELDS: dict[str, frozenset[str]] = {
+    "judge": frozenset({"comparisons", "asked", "scored", "failed", "partial", "retried", "ties", "overlong", "errors"}),
+}
 TAG_FIELDS: dict[str, tuple[str, ...]] = {"stage": ("stage",)}
 STEP_KEYS = ("step", "iteration", "segment")
 
@@ -59,6 +63,7 @@ class MetricsLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
         self.ray_metrics = ray_metrics
+        self.lines = self._complete_lines()
         self._file: IO[str] | None = self.path.open("a", encoding="utf-8")
         self._ray: dict[str, Any] = {}
         self._counts: dict[str, int] = {}
@@ -81,12 +86,45 @@ class MetricsLogger:
         record = {"event": event, "time": time.time(), **{k: _jsonable(v) for k, v in fields.items()}}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        self.lines += 1
         numeric = {k: v for k, v in record.items() if k not in ("event", "time") and _is_number(v)}
         if numeric and self.ray_metrics:
             self._mirror_ray(event, record, numeric)
         if numeric and self._tb is not None:
             self._mirror_tensorboard(event, record, numeric)
         return record
+
+    def _complete_lines(self) -> int:
+        """Lines already in the file; a torn last line (a run killed mid-write) is ended first, so
+        new events never merge into it (`read_metrics` skips it)."""
+        if not self.path.is_file():
+            return 0
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with self.path.open("ab") as f:
+                f.write(b"\n")
+            data += b"\n"
+        return data.count(b"\n")
+
+    def rewind(self, lines: int) -> int:
+        """Keep the first `lines` lines (what a checkpoint recorded) and move the rest, written by a
+        run that died after that checkpoint, to `metrics.discarded.jsonl`; returns how many moved.
+
+        After a resume, metrics.jsonl then reads as if the run had never stopped.
+        """
+        if self._file is None:
+            raise RuntimeError(f"MetricsLogger for {self.path} is closed")
+        self._file.close()
+        data = self.path.read_bytes()
+        every = data.splitlines(keepends=True)
+        head, dropped = every[:lines], every[lines:]
+        if dropped:
+            with (self.run_dir / "metrics.discarded.jsonl").open("ab") as f:
+                f.writelines(dropped)
+            atomic_write_bytes(self.path, b"".join(head))
+        self._file = self.path.open("a", encoding="utf-8")
+        self.lines = len(head)
+        return len(dropped)
 
     def _mirror_ray(self, event: str, record: dict[str, Any], numeric: dict[str, float]) -> None:
         import ray

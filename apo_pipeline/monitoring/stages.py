@@ -1,4 +1,4 @@
-"""Per-stage wall-clock timing and driver-log progress bars.
+"""Per-stage wall-clock timing and driver-log progress (a tqdm bar on a TTY, log lines in a job log).
 
     timer = StageTimer(logger, progress=cfg.monitoring.progress)
     with timer.stage("generate", iteration=3) as stage:
@@ -12,9 +12,11 @@ Each stage logs one "stage" event {stage, seconds, <fields>, [tokens, tokens_per
 
 from __future__ import annotations
 
+import logging
+import math
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -24,13 +26,44 @@ from apo_pipeline.monitoring.metrics import MetricsLogger
 
 STAGES = ("generate", "judge", "ref_logprobs", "train", "sync", "checkpoint", "eval")
 RATE_FIELDS = {"tokens": "tokens_per_s", "pairs": "pairs_per_s"}
+LOG_FRACTION = 0.1  # without a TTY, a progress line per this fraction of the items
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
-def progress(iterable: Iterable[T], desc: str, total: int | None = None, enabled: bool = True) -> Iterable[T]:
-    """A tqdm bar on stderr; a plain pass-through when disabled or stderr is not a TTY."""
-    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True,
-                disable=not enabled or not sys.stderr.isatty())
+def progress(
+    iterable: Iterable[T], desc: str, total: int | None = None, enabled: bool = True, unit: str = "steps"
+) -> Iterable[T]:
+    """A tqdm bar when stderr is a TTY; else (a job log) INFO lines `desc: 10/50 steps (20%)`
+    about every 10% of `total` (default: len(iterable)) and at the end. Disabled: a pass-through."""
+    if not enabled:
+        return iterable
+    if sys.stderr.isatty():
+        return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, dynamic_ncols=True)
+    return _logged_progress(iterable, desc, total, unit)
+
+
+def _logged_progress(iterable: Iterable[T], desc: str, total: int | None, unit: str) -> Iterator[T]:
+    """Yield the items, logging after each completed tenth (and the last item; only it when no total)."""
+    if total is None and isinstance(iterable, Sized):
+        total = len(iterable)
+    every = math.ceil(total * LOG_FRACTION) if total else 0
+    done = logged = 0
+    for item in iterable:
+        yield item
+        done += 1
+        if every and done % every == 0:
+            _log_progress(desc, done, total, unit)
+            logged = done
+    if done != logged:
+        _log_progress(desc, done, total, unit)
+
+
+def _log_progress(desc: str, done: int, total: int | None, unit: str) -> None:
+    if total:
+        log.info("%s: %d/%d %s (%.0f%%)", desc, done, total, unit, 100 * done / total)
+    else:
+        log.info("%s: %d %s", desc, done, unit)
 
 
 class StageTimer:

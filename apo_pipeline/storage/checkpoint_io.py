@@ -46,11 +46,16 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class LoopState:
-    """Where a loop stands. `produced_files` are run-dir-relative paths; `rng` is `capture_rng_state()`."""
+    """Where a loop stands. `iteration` / `segment`: rounds completed; `round_steps`: optimizer
+    steps already taken inside the next round (a mid-round checkpoint); `step`: the next global
+    step; `metrics_lines`: lines of metrics.jsonl written when the state was taken.
+    `produced_files` are run-dir-relative paths; `rng` is `capture_rng_state()`."""
 
     iteration: int = 0
     segment: int = 0
     step: int = 0
+    round_steps: int = 0
+    metrics_lines: int = 0
     consumed_prompts: int = 0
     produced_files: list[str] = field(default_factory=list)
     rng: dict[str, Any] | None = None
@@ -76,7 +81,8 @@ class LoopState:
         if unknown := sorted(set(data) - known):
             raise CheckpointError(f"{source}: unknown key {unknown[0]!r}")
         checks: dict[str, tuple[type, ...]] = {
-            "iteration": (int,), "segment": (int,), "step": (int,), "consumed_prompts": (int,),
+            "iteration": (int,), "segment": (int,), "step": (int,), "round_steps": (int,), "metrics_lines": (int,),
+            "consumed_prompts": (int,),
             "produced_files": (list,), "rng": (dict, type(None)), "extra": (dict,),
         }
         for key, value in data.items():

@@ -47,16 +47,18 @@ def cluster() -> ClusterConfig:
 def placement(ray_session: None, cluster: ClusterConfig) -> Placement:
     placement = Placement(cluster, llm_judge=True).create()
     yield placement
-    placement.remove()
+    if ray.is_initialized():  # a unit test (test_monitoring) may have ended the session's Ray
+        placement.remove()
 
 
 @pytest.fixture(scope="session")
 def gen_pool(placement: Placement, cluster: ClusterConfig, tiny_model_dir: str) -> GenerationPool:
-    """`gen-0`, `gen-1` on the tiny model, CPU object-store weight sync."""
-    pool = GenerationPool(tiny_model_dir, ModelConfig(path=tiny_model_dir), cluster, placement)
+    """`gen-0`, `gen-1` on the tiny model, CPU object-store weight sync; Ray restarts a dead engine."""
+    pool = GenerationPool(tiny_model_dir, ModelConfig(path=tiny_model_dir), cluster, placement, max_restarts=2)
     yield pool
-    for engine in pool.engines:
-        ray.kill(engine)
+    if ray.is_initialized():
+        for engine in pool.engines:
+            ray.kill(engine)
 
 
 @pytest.fixture

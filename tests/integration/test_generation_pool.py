@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
+import threading
 
 import pytest
 import ray
@@ -143,3 +146,33 @@ def test_sleep_is_a_no_op_on_cpu(gen_pool) -> None:
     assert gen_pool.sleep() is False
     assert gen_pool.wake_up() is False
     assert len(gen_pool.generate_greedy(["reverse 1 ="], max_tokens=2)) == 1
+
+
+def _ids(rollouts) -> list:
+    return [(r.prompt_index, [c.token_ids for c in r.candidates]) for r in rollouts]
+
+
+@pytest.mark.slow
+def test_dead_engines_restart_and_their_prompts_are_resent(gen_pool, rollouts) -> None:
+    """SIGKILL an engine between two calls, then another one during a call: Ray restarts each, the
+    pool re-syncs (its hook) and re-sends their shards, and every prompt comes back once, exactly
+    as without the failure."""
+    hooks: list[float] = []
+    gen_pool.restart_hook = lambda: hooks.append(gen_pool.totals["engine_restarts"])
+    before = gen_pool.totals["engine_restarts"]
+    try:
+        first = gen_pool.engine_info[1]["pid"]
+        os.kill(first, signal.SIGKILL)
+        assert _ids(gen_pool.sample(PROMPTS, GEN, seed=7)) == _ids(rollouts)
+        assert gen_pool.engine_info[1]["pid"] != first
+
+        many = PROMPTS * 40  # 200 prompts x 6 candidates: several seconds of sampling
+        reference = gen_pool.sample(many, GEN, seed=3)
+        killer = threading.Timer(1.0, os.kill, (gen_pool.engine_info[0]["pid"], signal.SIGKILL))
+        killer.start()
+        again = gen_pool.sample(many, GEN, seed=3)
+        killer.join()
+        assert _ids(again) == _ids(reference) and len(again) == len(many)
+        assert gen_pool.totals["engine_restarts"] == before + 2 and hooks == [before + 1, before + 2]
+    finally:
+        gen_pool.restart_hook = None

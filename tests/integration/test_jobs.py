@@ -71,7 +71,7 @@ def ray_head(tmp_path):
     `ray start --block` runs in its own process group, which is ended afterwards: only this head's
     processes stop (never `ray stop`, which would end every Ray on the machine).
     """
-    port, dash = free_port(), free_port()
+    port, dash, agent = free_port(), free_port(), free_port()
     # As after `source .venv/bin/activate`: the job's `python` is the venv's.
     env = dict(os.environ, RAY_AUTH_MODE="token", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     env.pop("RAY_ADDRESS", None)
@@ -79,7 +79,10 @@ def ray_head(tmp_path):
     log = open(tmp_path / "ray-head.log", "w")
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", "--num-cpus=8", "--disable-usage-stats"],
+         f"--dashboard-port={dash}", "--num-cpus=8", "--disable-usage-stats",
+         # The session's own Ray (other tests) holds the agent's default port 52365: without a
+         # port of its own this head's agent cannot serve the job API for minutes.
+         f"--dashboard-agent-listen-port={agent}"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
@@ -116,9 +119,21 @@ def test_onmcpo_through_ray_job_submit(ray_head, tmp_path):
     check_run_contract(run_dir, "segment", rounds=2)
 
 
-def test_apo_smoke_and_report(tmp_path):
-    run_dir = tmp_path / "apo"
-    run_job("apo", run_dir)
+# Three optimizer steps per APO iteration and a checkpoint after each: the resume test kills inside
+# iterations, and the report test reads the same run.
+APO_OVERRIDES = ("loop.epochs=3", "checkpoint.every_steps=1")
+
+
+@pytest.fixture(scope="module")
+def apo_straight(tmp_path_factory) -> Path:
+    """An APO smoke run that is never stopped."""
+    run_dir = tmp_path_factory.mktemp("straight") / "apo"
+    run_job("apo", run_dir, *APO_OVERRIDES)
+    return run_dir
+
+
+def test_apo_smoke_and_report(apo_straight):
+    run_dir = apo_straight
     check_run_contract(run_dir, "iteration", rounds=2)
     proc = subprocess.run([str(BIN / "apo-pipeline"), "report", str(run_dir)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -139,33 +154,76 @@ def final_weights(run_dir: Path) -> dict:
     return load_file(run_dir / "final" / "model.safetensors")
 
 
-def test_apo_killed_after_a_checkpoint_resumes_with_the_same_command(tmp_path):
-    """SIGKILL the driver once iteration 1 is checkpointed; the same command finishes the run, and
-    ends with the weights and evaluations of a run that was never stopped."""
+def job_cmd(job: str, run_dir: Path, *overrides: str) -> list[str]:
+    return [sys.executable, str(REPO / "jobs" / f"{job}.py"), "--preset", "smoke", "--run-dir", str(run_dir), *overrides]
+
+
+def kill_when(cmd: list[str], ready, log_path: Path, timeout: float = 400) -> None:
+    """Start `cmd`, SIGKILL its whole process group as soon as `ready(start_time)` holds."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        start = time.time()
+        while not ready(start) and proc.poll() is None and time.time() < start + timeout:
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the job ended before the kill point: {log_path.read_text()[-3000:]}"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_apo_killed_at_several_points_resumes_exactly(apo_straight, tmp_path):
+    """SIGKILL the driver mid-checkpoint-write, then mid-training, then mid-generation, re-running the
+    same command each time: the run ends with the weights, evaluations and training log of a run that
+    was never stopped, and a round's stored data is reused instead of sampled again."""
     run_dir = tmp_path / "apo"
-    cmd = [sys.executable, str(REPO / "jobs" / "apo.py"), "--preset", "smoke", "--run-dir", str(run_dir)]
-    log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 400
-    while not (run_dir / "LATEST").is_file() and first.poll() is None and time.time() < deadline:
-        time.sleep(0.5)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
-    log.close()
-    assert (run_dir / "LATEST").read_text().strip() == "iteration_0001", (tmp_path / "first.log").read_text()[-3000:]
-    assert not (run_dir / "final").exists()
-    run_job("apo", run_dir)
-    resumed = events(run_dir, "resume")
-    assert [(e["iteration"], e["step"]) for e in resumed] == [(1, resumed[0]["step"])] and resumed[0]["step"] > 0
-    generated = [e["iteration"] for e in events(run_dir, "stage") if e["stage"] == "generate"]
-    assert generated.count(1) == 1 and generated.count(2) >= 1  # the kill may land inside iteration 2
-    assert [e["iteration"] for e in events(run_dir, "eval")] == [0, 1, 2]
-    assert (run_dir / "LATEST").read_text().strip() == "iteration_0002"
+    cmd = job_cmd("apo", run_dir, *APO_OVERRIDES)
+    ckpts = run_dir / "checkpoints"
+
+    def latest() -> str:
+        path = run_dir / "LATEST"
+        return path.read_text().strip() if path.is_file() else ""
+
+    def trained_since(start: float) -> bool:
+        return (run_dir / "metrics.jsonl").is_file() and any(e["time"] > start for e in events(run_dir, "train"))
+
+    kill_when(cmd, lambda start: ckpts.is_dir() and any(ckpts.glob(".tmp-*")), tmp_path / "1.log")
+    assert not latest() or (ckpts / latest() / "manifest.json").is_file()
+    kill_when(cmd, trained_since, tmp_path / "2.log")
+    rollouts = run_dir / "iter_0001" / "rollouts.parquet"
+    written = rollouts.stat().st_mtime_ns
+    kill_when(cmd, lambda start: latest() == "iteration_0001", tmp_path / "3.log")
+    run_job("apo", run_dir, *APO_OVERRIDES)
+
+    assert rollouts.stat().st_mtime_ns == written, "iteration 1's data was sampled again"
+    assert any("reused" in e for e in events(run_dir, "data"))
+    assert len(events(run_dir, "resume")) >= 2 and (run_dir / "metrics.discarded.jsonl").is_file()
+    assert latest() == "iteration_0002" and not list(ckpts.glob(".tmp-*"))
     check_run_contract(run_dir, "iteration", rounds=2)
-    straight = tmp_path / "straight"
-    run_job("apo", straight)
-    resumed_w, straight_w = final_weights(run_dir), final_weights(straight)
+    resumed_w, straight_w = final_weights(run_dir), final_weights(apo_straight)
     assert resumed_w.keys() == straight_w.keys()
     assert max(float((resumed_w[k] - straight_w[k]).abs().max()) for k in resumed_w) <= 1e-6
-    rewards = [[e["reward_mean"] for e in events(d, "eval")] for d in (run_dir, straight)]
-    assert rewards[0] == rewards[1]
+    for kind, field in (("eval", "reward_mean"), ("eval", "win_rate"), ("train", "loss"), ("train", "step")):
+        assert [e[field] for e in events(run_dir, kind)] == [e[field] for e in events(apo_straight, kind)], field
+
+
+def test_onmcpo_restores_every_actor_after_a_learner_rank_dies(tmp_path):
+    """`python jobs/onmcpo.py`: SIGKILL the learner rank's process once segment 1 is checkpointed;
+    the job rebuilds every actor from that checkpoint by itself and finishes the run."""
+    run_dir = tmp_path / "onmcpo"
+    log = open(tmp_path / "job.log", "w")
+    proc = subprocess.Popen(job_cmd("onmcpo", run_dir), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 400
+        while not (run_dir / "LATEST").is_file() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        first = events(run_dir, "actors")[-1]
+        os.kill(first["learner-0"], signal.SIGKILL)
+        assert proc.wait(timeout=600) == 0, (tmp_path / "job.log").read_text()[-6000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    failures = [json.loads(line) for line in (run_dir / "failures.jsonl").read_text().splitlines()]
+    assert [f["attempt"] for f in failures] == [0] and "Actor" in failures[0]["error"]
+    assert [e["segment"] for e in events(run_dir, "resume")] == [1]
+    assert events(run_dir, "actors")[-1]["learner-0"] != first["learner-0"]
+    check_run_contract(run_dir, "segment", rounds=2)

@@ -2,11 +2,13 @@
 
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
 import yaml
 
+from apo_pipeline import launch
 from apo_pipeline.config import (
     JOB_CONFIGS,
     APOConfig,
@@ -16,7 +18,7 @@ from apo_pipeline.config import (
     load_config,
     parse_override,
 )
-from apo_pipeline.launch import CONFIG_DIR, resolve_preset
+from apo_pipeline.launch import CONFIG_DIR, LOCAL_NUM_CPUS, resolve_preset
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -84,6 +86,45 @@ def test_apo_alpha_outside_unit_interval(alpha):
 
 def test_apo_rejects_losses_it_does_not_take():
     assert "config error: algorithm.loss:" in error_of(APOConfig, ["algorithm.loss=simpo"])
+
+
+def test_default_local_ray_cpus_are_checked():
+    over = [f"cluster.learner_ranks={LOCAL_NUM_CPUS}"]  # + 1 generation engine
+    msg = error_of(OnMCPOConfig, over)
+    assert msg.startswith(f"config error: cluster.learner_ranks: placement needs {LOCAL_NUM_CPUS + 1} CPUs")
+    assert f"a local Ray gets {LOCAL_NUM_CPUS}" in msg
+    load_config(OnMCPOConfig, None, [f"cluster.learner_ranks={LOCAL_NUM_CPUS - 1}"])  # exactly fits
+    assert "placement needs 10 CPUs" in error_of(OnMCPOConfig, ["cluster.learner_ranks=4", "cluster.cpus_per_actor=2"])
+    # the generation engines' TP ranks count, except when they share the learner's bundles
+    assert "cluster.learner_ranks" in error_of(OnMCPOConfig, ["cluster.learner_ranks=4", "cluster.engine_tp=5"])
+    load_config(OnMCPOConfig, None, ["cluster.learner_ranks=4", "cluster.engine_tp=5", "cluster.colocate=true"])
+    # judge engines hold bundles only with the llm judge
+    judges = ["cluster.learner_ranks=5", "cluster.judge_engines=2", "cluster.judge_tp=2"]
+    load_config(OnMCPOConfig, None, judges)
+    assert "placement needs 10 CPUs" in error_of(OnMCPOConfig, [*judges, "judge.backend=llm", "judge.model=/models/judge"])
+    # another cluster, or a local Ray of a set size, is not held to the default
+    load_config(OnMCPOConfig, None, [*over, "cluster.address=auto"])
+    load_config(OnMCPOConfig, None, [*over, f"cluster.num_cpus={LOCAL_NUM_CPUS + 1}"])
+
+
+def test_local_ray_gets_the_cpus_the_config_is_checked_against(monkeypatch):
+    calls = []
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(init=lambda **kw: calls.append(kw)))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    launch.init_ray(OnMCPOConfig(), None)
+    assert calls[0]["address"] == "local" and calls[0]["num_cpus"] == LOCAL_NUM_CPUS
+
+
+def test_onmcpo_loss_defaults_to_rnce_for_several_negatives(tmp_path):
+    assert load_config(OnMCPOConfig, None, []).algorithm.loss == "dpo"
+    cfg = load_config(OnMCPOConfig, None, ["algorithm.num_negatives=2"])
+    assert cfg.algorithm.loss == "rnce"
+    dump_config(cfg, tmp_path / "config.yaml")
+    assert load_config(OnMCPOConfig, tmp_path / "config.yaml").algorithm.loss == "rnce"
+    assert load_config(OnMCPOConfig, None, ["algorithm.num_negatives=2", "algorithm.loss=dpo"]).algorithm.loss == "dpo"
+    (tmp_path / "ipo.yaml").write_text("algorithm:\n  loss: ipo\n")
+    assert load_config(OnMCPOConfig, tmp_path / "ipo.yaml", ["algorithm.num_negatives=2"]).algorithm.loss == "ipo"
+    assert load_config(APOConfig, None, ["algorithm.num_negatives=2"]).algorithm.loss == "dpo"  # OnMC-PO only
 
 
 def test_rnce_accepts_several_negatives():

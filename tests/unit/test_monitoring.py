@@ -178,3 +178,38 @@ def test_progress_passes_items_through(capsys):
     assert list(progress(range(3), "gen")) == [0, 1, 2]
     assert list(StageTimer(progress=False).progress(iter("ab"), "judge", total=2)) == ["a", "b"]
     assert capsys.readouterr().err == ""  # not a TTY under pytest: no bar
+
+
+def _progress_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "apo_pipeline.monitoring.stages"]
+
+
+def test_progress_without_a_tty_logs_every_tenth(caplog):
+    caplog.set_level(logging.INFO, logger="apo_pipeline.monitoring.stages")
+    items = iter(progress(list(range(50)), "train segment 1"))
+    assert [next(items) for _ in range(5)] == [0, 1, 2, 3, 4]
+    assert _progress_lines(caplog) == []  # item 5 is still being worked on
+    assert list(items) == list(range(5, 50))
+    assert _progress_lines(caplog) == [f"train segment 1: {n}/50 steps ({2 * n}%)" for n in range(5, 51, 5)]
+
+
+def test_progress_logs_the_end_and_respects_the_switch(caplog):
+    caplog.set_level(logging.INFO, logger="apo_pipeline.monitoring.stages")
+    assert list(progress(range(15), "train iteration 2", unit="batches")) == list(range(15))
+    lines = _progress_lines(caplog)
+    assert lines[0] == "train iteration 2: 2/15 batches (13%)" and len(lines) == 8
+    assert lines[-1] == "train iteration 2: 15/15 batches (100%)"
+    caplog.clear()
+    assert list(progress((i for i in range(3)), "judge")) == [0, 1, 2]  # no total: only the end
+    assert _progress_lines(caplog) == ["judge: 3 steps"]
+    caplog.clear()
+    assert list(StageTimer(progress=False).progress(range(20), "train segment 1")) == list(range(20))
+    assert list(progress(range(20), "x", enabled=False)) == list(range(20))
+    assert _progress_lines(caplog) == []
+
+
+def test_progress_on_a_tty_is_a_bar_not_log_lines(capsys, caplog, monkeypatch):
+    caplog.set_level(logging.INFO, logger="apo_pipeline.monitoring.stages")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert list(progress(range(20), "train segment 3")) == list(range(20))
+    assert "train segment 3" in capsys.readouterr().err and _progress_lines(caplog) == []

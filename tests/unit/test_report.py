@@ -135,3 +135,19 @@ def test_comparison_legend_has_run_names(tmp_path, monkeypatch):
     runs = [_run(tmp_path, "dpo", _events()), _run(tmp_path, "apo", _events())]
     write_comparison(runs, tmp_path / "cmp")
     assert ("reward.png", [["dpo", "apo"]]) in legends and ("loss.png", [["dpo", "apo"]]) in legends
+
+
+def test_compare_cli_writes_what_it_prints(tmp_path, capsys):
+    from apo_pipeline.cli import main
+
+    a = _run(tmp_path, "dpo", _events(0.1))
+    b = _run(tmp_path, "apo", _events(0.2))
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "-o", str(out)]) == 0
+    written = [Path(line) for line in capsys.readouterr().out.splitlines()]
+    assert [p.name for p in written] == ["reward.png", "win_rate.png", "loss.png", "comparison.md"]
+    assert all(p.parent == out for p in written)
+    for png in written[:-1]:
+        _assert_drawn_png(png)
+    md = written[-1].read_text()
+    assert "| dpo |" in md and "| apo |" in md
