@@ -4,7 +4,7 @@ PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv demo test test-fast bench docs-config clean
+.PHONY: venv demo test test-fast bench experiments docs-config clean
 
 venv:
 	@bash scripts/setup-venv.sh
@@ -20,6 +20,9 @@ test-fast: venv
 
 bench: venv
 	$(PY) bench/run_all.py
+
+experiments: venv
+	$(PY) bench/experiments.py
 
 docs-config: venv
 	$(PY) -m apo_pipeline.config.docs > docs/configuration.md

@@ -343,7 +343,7 @@ class LearnerWorker:
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} under {directory}")
         snapshot = self._snapshot_path(directory, tag)
-        self.previous = torch.load(snapshot, map_location="cpu") if snapshot.is_file() else None
+        self.previous = torch.load(snapshot, map_location="cpu", weights_only=True) if snapshot.is_file() else None
         return client_state[CLIENT_STATE_KEY]
 
     def _snapshot_path(self, directory: str, tag: str) -> Path:

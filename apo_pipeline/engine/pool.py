@@ -29,7 +29,7 @@ from dataclasses import replace
 from typing import Any, Literal
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.experimental import get_object_locations
 
 from apo_pipeline.config.sections import ClusterConfig, GenerationConfig, ModelConfig, SyncConfig
@@ -98,14 +98,29 @@ class GenerationPool:
     def __getstate__(self) -> dict[str, Any]:
         return dict(self.__dict__, restart_hook=None)
 
+    def _ready_infos(self) -> list[dict[str, Any]]:
+        """Every engine's `ready()` facts, waiting (up to `restart_timeout_s`) for restarting ones."""
+        deadline = time.monotonic() + self.restart_timeout_s
+        infos = []
+        for engine in self.engines:
+            while True:
+                try:
+                    infos.append(ray.get(engine.ready.remote(), timeout=self.restart_timeout_s))
+                    break
+                except ActorUnavailableError:  # restarting: Ray refuses calls until it is back
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
+        return infos
+
     def _restarted(self) -> set[int]:
-        """Engines whose process changed since last seen (waits for restarting ones to come back)."""
-        infos = ray.get([e.ready.remote() for e in self.engines], timeout=self.restart_timeout_s)
+        """Engines whose process changed since last seen."""
+        infos = self._ready_infos()
         return {i for i, (old, new) in enumerate(zip(self.engine_info, infos)) if old["pid"] != new["pid"]}
 
     def _recover(self, engines: set[int]) -> None:
         """Wait for restarted `engines`, run `restart_hook` (bring their weights up to date), note their pids."""
-        self.engine_info = ray.get([e.ready.remote() for e in self.engines], timeout=self.restart_timeout_s)
+        self.engine_info = self._ready_infos()
         self.totals["engine_restarts"] += len(engines)
         if self.restart_hook is not None:
             self.restart_hook()
@@ -143,6 +158,7 @@ class GenerationPool:
                 if retries == 0:
                     raise
                 retries -= 1
+                self._ready_infos()  # wait until it is back
 
     def _prepare(self, prompts: list[Prompt], max_tokens: int) -> list[EncodedPrompt]:
         """Tokenize on engine 0 and apply the overlong policy; counts go to `self.last`."""

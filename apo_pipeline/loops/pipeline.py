@@ -204,10 +204,10 @@ class Pipeline:
 
     def resume(self) -> ResumePoint:
         """Restore the newest valid checkpoint (learner, then engines) and cut metrics.jsonl back to
-        what that checkpoint saw, so the log reads as one uninterrupted run."""
+        what that checkpoint saw (to nothing without one), so the log reads as one uninterrupted run."""
         point, state = restore_latest(self.run.root, self.unit, self.learner)
+        discarded = self.log.rewind(state.metrics_lines if state else 0)
         if state is not None:
-            discarded = self.log.rewind(state.metrics_lines)
             self.consumed_prompts = state.consumed_prompts
             self.sync(point.done)
             self.log.log("resume", **{self.unit: point.done}, step=point.step, round_steps=point.round_steps,

@@ -64,6 +64,7 @@ class MetricsLogger:
         self.path = self.run_dir / "metrics.jsonl"
         self.ray_metrics = ray_metrics
         self.lines = self._complete_lines()
+        self.opened_at = self.lines  # lines before this are an earlier process's
         self._file: IO[str] | None = self.path.open("a", encoding="utf-8")
         self._ray: dict[str, Any] = {}
         self._counts: dict[str, int] = {}
@@ -107,24 +108,26 @@ class MetricsLogger:
         return data.count(b"\n")
 
     def rewind(self, lines: int) -> int:
-        """Keep the first `lines` lines (what a checkpoint recorded) and move the rest, written by a
-        run that died after that checkpoint, to `metrics.discarded.jsonl`; returns how many moved.
+        """Keep the first `lines` lines (what a checkpoint recorded; 0 for a run that restarts from
+        scratch) and the lines this logger wrote itself; move the others, written by an attempt
+        that died after that point, to `metrics.discarded.jsonl`. Returns how many moved.
 
         After a resume, metrics.jsonl then reads as if the run had never stopped.
         """
         if self._file is None:
             raise RuntimeError(f"MetricsLogger for {self.path} is closed")
         self._file.close()
-        data = self.path.read_bytes()
-        every = data.splitlines(keepends=True)
-        head, dropped = every[:lines], every[lines:]
-        if dropped:
+        every = self.path.read_bytes().splitlines(keepends=True)
+        cut = min(lines, self.opened_at)
+        head, stale, mine = every[:cut], every[cut:self.opened_at], every[self.opened_at:]
+        if stale:
             with (self.run_dir / "metrics.discarded.jsonl").open("ab") as f:
-                f.writelines(dropped)
-            atomic_write_bytes(self.path, b"".join(head))
+                f.writelines(stale)
+            atomic_write_bytes(self.path, b"".join(head + mine))
         self._file = self.path.open("a", encoding="utf-8")
-        self.lines = len(head)
-        return len(dropped)
+        self.opened_at = len(head)
+        self.lines = len(head) + len(mine)
+        return len(stale)
 
     def _mirror_ray(self, event: str, record: dict[str, Any], numeric: dict[str, float]) -> None:
         import ray

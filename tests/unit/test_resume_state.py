@@ -39,6 +39,17 @@ def test_rewind_moves_later_lines_aside(tmp_path):
     assert [json.loads(line)["step"] for line in discarded[:3]] == [3, 4, 5] and discarded[3] == '{"event": "tr'
 
 
+def test_rewind_keeps_what_this_logger_wrote(tmp_path):
+    with MetricsLogger(tmp_path, ray_metrics=False) as log:
+        log.log("eval", iteration=0)  # an attempt that died before its first checkpoint
+    with MetricsLogger(tmp_path, ray_metrics=False) as log:
+        log.log("data", skipped=2)  # written by the new attempt before it looks for a checkpoint
+        assert log.rewind(0) == 1
+        log.log("eval", iteration=0)
+    assert [e["event"] for e in read_metrics(tmp_path)] == ["data", "eval"]
+    assert json.loads((tmp_path / "metrics.discarded.jsonl").read_text())["iteration"] == 0
+
+
 def test_rewind_past_the_end_keeps_everything(tmp_path):
     with MetricsLogger(tmp_path, ray_metrics=False) as log:
         log.log("train", step=0)
