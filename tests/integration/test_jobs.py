@@ -138,7 +138,8 @@ def test_apo_smoke_and_report(apo_straight):
     proc = subprocess.run([str(BIN / "apo-pipeline"), "report", str(run_dir)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     written = [Path(line) for line in proc.stdout.split()]
-    assert any(p.suffix == ".png" for p in written) and any(p.name == "report.md" for p in written)
+    assert {"eval.png", "train.png", "stages.png", "dynamics.png", "report.md"} <= {p.name for p in written}
+    assert all("dyn_pos_norm" in e and "dyn_neg_norm" in e for e in events(run_dir, "train"))
     assert all(p.is_file() and p.stat().st_size > 0 for p in written)
 
 

@@ -7,9 +7,11 @@ import socket
 import pytest
 import ray
 import torch
+from ray.util.placement_group import placement_group
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from apo_pipeline.config.sections import ClusterConfig, GenerationConfig, ModelConfig, SyncConfig
+from apo_pipeline.config.sections import AlgorithmConfig, ClusterConfig, GenerationConfig, LearnerConfig, ModelConfig, SyncConfig
+from apo_pipeline.engine.learner_group import LearnerGroup
 from apo_pipeline.engine.placement import Placement
 from apo_pipeline.engine.pool import GenerationPool
 from apo_pipeline.engine.weight_sync import (
@@ -20,6 +22,7 @@ from apo_pipeline.engine.weight_sync import (
     pack_bucket,
     put_buckets,
 )
+from apo_pipeline.rollout import TrainGroup
 
 PROMPTS = ["reverse 3 1 4 =", "reverse 2 7 1 8 =", "reverse 9 0 =", "reverse 6 ="]
 BUCKET_BYTES = 256 * 1024
@@ -93,6 +96,49 @@ def test_sync_round_trip(gen_pool, placement, tiny_model_dir, hf_reference, one_
     assert [r.candidates[0].token_ids for r in gen_pool.generate_greedy(PROMPTS, MAX_TOKENS)] == before
     ray.kill(source)
     ray.kill(sync)
+
+
+@pytest.mark.slow
+def test_learner_sync_reaches_the_engines(gen_pool, tiny_model_dir, hf_reference, one_torch_thread, tmp_path) -> None:
+    """A real 2-rank ZeRO-3 learner takes a step, then `LearnerGroup.sync_weights` streams its
+    gathered weights into both engines: vLLM's greedy tokens and sampling log-probs then equal
+    transformers' on the learner's own HF export."""
+    eos = AutoTokenizer.from_pretrained(tiny_model_dir).eos_token_id
+    before = [r.candidates[0].token_ids for r in gen_pool.generate_greedy(PROMPTS, MAX_TOKENS)]
+    placement = Placement(ClusterConfig(learner_ranks=2))
+    bundles = placement_group([{"CPU": 1.0}] * 2, strategy="PACK")  # unnamed: the session holds apo-learner-0
+    ray.get(bundles.ready())
+    placement.groups["learner"] = [bundles]
+    learner = LearnerGroup(ModelConfig(path=tiny_model_dir), LearnerConfig(zero_stage=3, lr=5e-2), AlgorithmConfig(),
+                           placement, total_steps=1)
+    sync = WeightSync.options(num_cpus=0).remote(gen_pool)
+    try:
+        groups = [TrainGroup([5 + i, 6, 7], [[8, 9, 10], [11, 12]], preferred=i % 2) for i in range(4)]
+        for group, logps in zip(groups, learner.compute_logps(groups)):
+            group.ref_logps = logps
+        learner.train_step(groups)
+        stats = learner.sync_weights(sync, BUCKET_BYTES)
+        assert stats.buckets > 1 and stats.engines == 2
+        learner.export_hf(str(tmp_path / "hf"))
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+
+        greedy = gen_pool.generate_greedy(PROMPTS, MAX_TOKENS)
+        after = [r.candidates[0].token_ids for r in greedy]
+        assert after != before
+        assert after == [hf_reference.greedy(model, r.prompt_ids, MAX_TOKENS, eos) for r in greedy]
+        sampled = gen_pool.sample(PROMPTS, GenerationConfig(temperatures=[1.0], n_per_temperature=2, max_tokens=MAX_TOKENS), 5)
+        for r in sampled:
+            for c in r.candidates:
+                want = hf_reference.logprob(model, r.prompt_ids, c.token_ids, 1.0)
+                assert c.logprob == pytest.approx(want, abs=1e-4 * len(c.token_ids))
+    finally:
+        source = BucketSource.remote(tiny_model_dir)
+        ray.get(sync.sync_stream.remote(source, "stream_buckets", BUCKET_BYTES))  # the session pool's weights back
+        ray.kill(source)
+        ray.kill(sync)
+        learner.shutdown()
+        placement.remove()
+    assert [r.candidates[0].token_ids for r in gen_pool.generate_greedy(PROMPTS, MAX_TOKENS)] == before
 
 
 @ray.remote

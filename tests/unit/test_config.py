@@ -18,7 +18,7 @@ from apo_pipeline.config import (
     load_config,
     parse_override,
 )
-from apo_pipeline.launch import CONFIG_DIR, LOCAL_NUM_CPUS, resolve_preset
+from apo_pipeline.launch import CONFIG_DIR, LOCAL_NUM_CPUS, parse_args, resolve_config, resolve_preset
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -180,3 +180,11 @@ def test_configuration_reference_is_current():
     from apo_pipeline.config.docs import render
 
     assert (REPO / "docs" / "configuration.md").read_text() == render(), "run `make docs-config`"
+
+
+def test_address_flag_sets_cluster_address_and_skips_the_local_cpu_check():
+    args = parse_args("onmcpo", ["--address", "ray://head:10001", "cluster.learner_ranks=16"])
+    cfg = resolve_config("onmcpo", args)
+    assert cfg.cluster.address == "ray://head:10001" and cfg.cluster.learner_ranks == 16
+    with pytest.raises(ConfigError, match="cluster.learner_ranks"):
+        resolve_config("onmcpo", parse_args("onmcpo", ["cluster.learner_ranks=16"]))
