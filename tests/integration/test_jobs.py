@@ -143,6 +143,21 @@ def test_apo_smoke_and_report(apo_straight):
     assert all(p.is_file() and p.stat().st_size > 0 for p in written)
 
 
+def test_apo_sppo_smoke_uses_win_rate_matrices(tmp_path):
+    """Iterative SPPO: the judge fills a K x K win-rate matrix per prompt and the pairs carry the
+    estimated win probabilities of argmax vs argmin."""
+    import datasets
+
+    run_dir = tmp_path / "sppo"
+    run_job("apo", run_dir, "algorithm.loss=sppo")
+    check_run_contract(run_dir, "iteration", rounds=2)
+    judged = datasets.load_dataset("parquet", data_files=str(run_dir / "iter_0001" / "judgements.parquet"), split="train")
+    k = len(judged[0]["win_matrix"])
+    assert k == 6 and all(len(m) == k for m in judged["win_matrix"])
+    pairs = datasets.load_dataset("parquet", data_files=str(run_dir / "iter_0001" / "pairs.parquet"), split="train")
+    assert all(len(w) == 2 and w[0] >= w[1] for w in pairs["win_probs"])
+
+
 def test_mcpo_smoke_with_random_negatives(tmp_path):
     run_dir = tmp_path / "mcpo"
     run_job("mcpo", run_dir, "algorithm.loss=rnce", "algorithm.num_negatives=2", "algorithm.negatives=random")
