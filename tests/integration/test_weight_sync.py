@@ -67,6 +67,20 @@ def perturbed(model_dir: str, scale: float = 0.05) -> torch.nn.Module:
     return model
 
 
+def assert_engines_serve(gen_pool, model: torch.nn.Module, hf_reference, eos: int, before: list[list[int]]) -> None:
+    """The engines now run `model`: greedy tokens changed from `before` and equal transformers'
+    greedy decoding, and sampling log-probs equal transformers' within 1e-4 per token."""
+    greedy = gen_pool.generate_greedy(PROMPTS, MAX_TOKENS)
+    after = [r.candidates[0].token_ids for r in greedy]
+    assert after != before
+    assert after == [hf_reference.greedy(model, r.prompt_ids, MAX_TOKENS, eos) for r in greedy]
+    sampled = gen_pool.sample(PROMPTS, GenerationConfig(temperatures=[1.0], n_per_temperature=2, max_tokens=MAX_TOKENS), 3)
+    for r in sampled:
+        for c in r.candidates:
+            want = hf_reference.logprob(model, r.prompt_ids, c.token_ids, 1.0)
+            assert c.logprob == pytest.approx(want, abs=1e-4 * len(c.token_ids))
+
+
 @pytest.mark.slow
 def test_sync_round_trip(gen_pool, placement, tiny_model_dir, hf_reference, one_torch_thread) -> None:
     eos = AutoTokenizer.from_pretrained(tiny_model_dir).eos_token_id
@@ -79,16 +93,7 @@ def test_sync_round_trip(gen_pool, placement, tiny_model_dir, hf_reference, one_
     assert stats.buckets > 1 and stats.engines == 2
     assert param_bytes <= stats.bytes < param_bytes * 1.05
 
-    greedy = gen_pool.generate_greedy(PROMPTS, MAX_TOKENS)
-    after = [r.candidates[0].token_ids for r in greedy]
-    assert after != before
-    assert after == [hf_reference.greedy(model, r.prompt_ids, MAX_TOKENS, eos) for r in greedy]
-
-    sampled = gen_pool.sample(PROMPTS, GenerationConfig(temperatures=[1.0], n_per_temperature=2, max_tokens=MAX_TOKENS), 3)
-    for r in sampled:
-        for c in r.candidates:
-            want = hf_reference.logprob(model, r.prompt_ids, c.token_ids, 1.0)
-            assert c.logprob == pytest.approx(want, abs=1e-4 * len(c.token_ids))
+    assert_engines_serve(gen_pool, model, hf_reference, eos, before)
 
     source = BucketSource.remote(tiny_model_dir)
     restored = ray.get(sync.sync_stream.remote(source, "stream_buckets", BUCKET_BYTES))
@@ -122,15 +127,7 @@ def test_learner_sync_reaches_the_engines(gen_pool, tiny_model_dir, hf_reference
         learner.export_hf(str(tmp_path / "hf"))
         model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
 
-        greedy = gen_pool.generate_greedy(PROMPTS, MAX_TOKENS)
-        after = [r.candidates[0].token_ids for r in greedy]
-        assert after != before
-        assert after == [hf_reference.greedy(model, r.prompt_ids, MAX_TOKENS, eos) for r in greedy]
-        sampled = gen_pool.sample(PROMPTS, GenerationConfig(temperatures=[1.0], n_per_temperature=2, max_tokens=MAX_TOKENS), 5)
-        for r in sampled:
-            for c in r.candidates:
-                want = hf_reference.logprob(model, r.prompt_ids, c.token_ids, 1.0)
-                assert c.logprob == pytest.approx(want, abs=1e-4 * len(c.token_ids))
+        assert_engines_serve(gen_pool, model, hf_reference, eos, before)
     finally:
         source = BucketSource.remote(tiny_model_dir)
         ray.get(sync.sync_stream.remote(source, "stream_buckets", BUCKET_BYTES))  # the session pool's weights back
