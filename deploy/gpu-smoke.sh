@@ -6,8 +6,8 @@
 # Parts:
 #   0. preflight: nvidia-smi sees a GPU, torch.cuda works, deepspeed and vllm import, the model exists
 #   1. learner in bf16 with DeepSpeed            pytest -m gpu tests/integration -k "learner or deepspeed"
-#   2. NCCL weight transfer into a vLLM engine   pytest -m gpu tests/integration -k "nccl or weight"; and, with
-#                                                >= 2 GPUs, a 1-step job with sync.backend=nccl
+#   2. NCCL weight transfer into a vLLM engine   with >= 2 GPUs: pytest -m gpu2 -k "nccl or weight" and a
+#                                                1-step job with sync.backend=nccl (listed as skipped on 1 GPU)
 #   3. one OnMC-PO segment on a small model      python jobs/onmcpo.py --config jobs/configs/gpu/smoke-1gpu.yaml
 #   4. any other GPU tests                       pytest -m gpu tests/integration -k "not (...1 and 2...)"
 # A part whose tests do not exist yet, or that needs hardware this machine lacks, is SKIPPED and
@@ -100,31 +100,36 @@ if [ -d tests/integration ] && compgen -G "tests/integration/test_*.py" >/dev/nu
   GPU_TESTS_PRESENT=1
 fi
 
-# run_gpu_tests NAME FILTER: pytest exit 0 = pass, 5 = nothing collected = skip, else fail
+# run_gpu_tests NAME MARKERS FILTER: pytest exit 0 = pass, unless a test was skipped (then skip);
+# 5 = nothing collected = skip; else fail. A skipped test is never counted as a pass.
 run_gpu_tests() {
-  local name=$1 filter=$2 rc
+  local name=$1 markers=$2 filter=$3 rc log
   if [ "$GPU_TESTS_PRESENT" = 0 ]; then
     skip "$name" "tests/integration has no test files yet"
     return 0
   fi
-  echo "== $name: pytest -m gpu tests/integration -k \"$filter\""
+  echo "== $name: pytest -m \"$markers\" tests/integration -k \"$filter\""
+  log=$(mktemp)
   set +e
-  "$PY" -m pytest -q -ra -m gpu -k "$filter" tests/integration
-  rc=$?
+  "$PY" -m pytest -q -ra -m "$markers" -k "$filter" tests/integration 2>&1 | tee "$log"
+  rc=${PIPESTATUS[0]}
   set -e
+  if [ "$rc" = 0 ] && grep -qE "[0-9]+ skipped" "$log"; then rc=skipped; fi
+  rm -f "$log"
   case $rc in
     0) pass "$name" ;;
-    5) skip "$name" "no GPU test matches -k \"$filter\" yet" ;;
+    5) skip "$name" "no GPU test matches -m \"$markers\" -k \"$filter\" yet" ;;
+    skipped) skip "$name" "pytest skipped some of its tests (see -ra above)" ;;
     *) fail "$name" "pytest exited with $rc" ;;
   esac
 }
 
 # --- 1. learner in bf16 with DeepSpeed ------------------------------------------------------
-run_gpu_tests "1 learner bf16 + DeepSpeed (tests)" "learner or deepspeed"
+run_gpu_tests "1 learner bf16 + DeepSpeed (tests)" "gpu and not gpu2" "learner or deepspeed"
 
 # --- 2. NCCL weight transfer into a vLLM engine ----------------------------------------------
-run_gpu_tests "2 NCCL weight transfer (tests)" "nccl or weight"
 if [ "$NUM_GPUS" -ge 2 ]; then
+  run_gpu_tests "2 NCCL weight transfer (tests)" "gpu2" "nccl or weight"
   echo "== 2 NCCL weight transfer (job): learner and engine on separate GPUs, sync.backend=nccl"
   set +e
   "$PY" jobs/onmcpo.py --config "$CONFIG" --run-dir "$RUN_DIR-nccl" "model.path=$MODEL" \
@@ -133,6 +138,7 @@ if [ "$NUM_GPUS" -ge 2 ]; then
   set -e
   if [ "$rc" = 0 ]; then pass "2 NCCL weight transfer (job)"; else fail "2 NCCL weight transfer (job)" "exit $rc"; fi
 else
+  skip "2 NCCL weight transfer (tests)" "needs 2 GPUs: NCCL cannot connect a learner rank and an engine on the same GPU"
   skip "2 NCCL weight transfer (job)" "needs 2 GPUs: NCCL cannot connect a learner rank and an engine on the same GPU"
 fi
 
@@ -159,6 +165,6 @@ else
 fi
 
 # --- 4. every other GPU test ----------------------------------------------------------------
-run_gpu_tests "4 other GPU tests" "not (learner or deepspeed or nccl or weight)"
+run_gpu_tests "4 other GPU tests" "gpu and not gpu2" "not (learner or deepspeed or nccl or weight)"
 
 summary
