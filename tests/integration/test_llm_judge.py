@@ -6,7 +6,6 @@ import math
 import os
 import random
 import signal
-import time
 
 import pytest
 import ray
@@ -174,15 +173,15 @@ def test_reward_backend_behind_the_same_actor(ray_session: None, cluster: Cluste
 
 
 def test_dead_judge_restarts_and_its_call_is_resent(ray_session: None, cluster: ClusterConfig) -> None:
-    """SIGKILL the judge's process while it ranks: Ray restarts it and re-sends the call
-    (`max_task_retries`), which returns what an undisturbed call returns."""
+    """SIGKILL the judge's process while a call is in flight (right after it is submitted, so a fast
+    machine cannot finish it first): Ray restarts it and re-sends the call (`max_task_retries`),
+    which returns what an undisturbed call returns."""
     judge = Judge.options(num_cpus=0, max_restarts=1, max_task_retries=1).remote(JudgeConfig(backend="reward"), cluster)
     prompts = ["reverse 3 1 4 =", "reverse 5 6 ="] * 10_000  # a few seconds of ranking
     cands = [["1 2", "4 1 3 3", "4 1 3", "3 1 4"], ["5 6", "6 5", "6", "5"]] * 10_000
     pid = ray.get(judge.__ray_call__.remote(lambda self: os.getpid()))
     reference = ray.get(judge.rank.remote(prompts, cands, 3))
     call = judge.rank.remote(prompts, cands, 3)
-    time.sleep(0.5)
     os.kill(pid, signal.SIGKILL)
     result = ray.get(call)
     assert ray.get(judge.__ray_call__.remote(lambda self: os.getpid())) != pid
