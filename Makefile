@@ -19,6 +19,7 @@ test-fast: venv
 	$(PYTEST) -q -ra -m "not slow and not gpu" tests
 
 bench: venv
+	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) bench/run_all.py
 
 experiments: venv

@@ -1,7 +1,7 @@
 """Run every system benchmark, each in its own Python process (no Ray / vLLM / DeepSpeed state
 leaks between them), write bench/results.json afresh and print the results as a markdown table.
 
-`end_to_end_vs_trl` is not measured here (out of scope of these benchmarks).
+`end_to_end_vs_trl` needs TRL (the `bench` extra, which `make bench` installs).
 """
 
 from __future__ import annotations
@@ -15,24 +15,24 @@ from pathlib import Path
 from common import RESULTS, environment, write_result
 
 BENCH_DIR = Path(__file__).resolve().parent
-BENCHMARKS = {
-    "generation_vs_vllm": "bench_generation.py",
-    "learner_vs_deepspeed": "bench_learner.py",
-    "sync_vs_memcpy": "bench_sync.py",
+BENCHMARKS = {  # key: (script, timeout in seconds)
+    "generation_vs_vllm": ("bench_generation.py", 600),
+    "learner_vs_deepspeed": ("bench_learner.py", 600),
+    "sync_vs_memcpy": ("bench_sync.py", 600),
+    "end_to_end_vs_trl": ("bench_end_to_end.py", 1800),
 }
-TIMEOUT_S = 600
 
 
-def run(key: str, script: str) -> None:
+def run(key: str, script: str, timeout_s: int) -> None:
     """Run one benchmark script; on failure record `{"failed": ...}` under its key."""
     start = time.perf_counter()
     try:
         command = [sys.executable, str(BENCH_DIR / script)]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
         error = None if done.returncode == 0 else f"exit {done.returncode}: {done.stderr.strip()[-2000:]}"
         last = (done.stdout.strip().splitlines() or [""])[-1]
     except subprocess.TimeoutExpired:
-        error, last = f"timed out after {TIMEOUT_S} s", ""
+        error, last = f"timed out after {timeout_s} s", ""
     print(f"[{time.perf_counter() - start:5.0f} s] {script}: {error or last}", flush=True)
     if error:
         write_result(key, {"failed": error})
@@ -64,6 +64,12 @@ def table(results: dict) -> str:
             name, goal = ("sync_vs_memcpy", s["goal"]) if default else (f"- bucket {r['bucket_mib']} MiB", "")
             ours = f"{r['median_s'] * 1e3:.0f} ms/sync ({r['buckets']} buckets of <= {r['bucket_mib']} MiB)"
             row(name, r["ratio"], goal, ours, memcpy)
+    if "ratio" in (e := results.get("end_to_end_vs_trl", {})):
+        row("end_to_end_vs_trl", e["ratio"], e["goal"], f"{e['ours_prompts_per_s']:.2f} prompts/s (OnMC-PO segment)",
+            f"{e['trl_prompts_per_s']:.2f} prompts/s (TRL OnlineDPOTrainer, vLLM colocated)")
+        o = e["overlap"]
+        row("- overlap (stage sum / wall)", o["ratio"], "", f"{o['stage_sum_s']:.2f} s of stages",
+            f"{o['wall_s']:.2f} s per segment")
     failed = [key for key, value in results.items() if isinstance(value, dict) and "failed" in value]
     rows += [f"| {key} | FAILED | | | |" for key in failed]
     return "\n".join(rows)
@@ -72,8 +78,8 @@ def table(results: dict) -> str:
 def main() -> None:
     RESULTS.unlink(missing_ok=True)
     write_result("env", environment())
-    for key, script in BENCHMARKS.items():
-        run(key, script)
+    for key, (script, timeout_s) in BENCHMARKS.items():
+        run(key, script, timeout_s)
     results = json.loads(RESULTS.read_text())
     print(f"\n{table(results)}\n\nmachine: {results['env']['cpu']}, {results['env']['nproc']} CPUs; "
           f"results in {RESULTS.relative_to(BENCH_DIR.parent)}")

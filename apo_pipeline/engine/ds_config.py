@@ -1,7 +1,8 @@
 """The DeepSpeed config dict and learning-rate schedule of the learner group (no Ray, no DeepSpeed import).
 
 CPU: fp32, gloo. GPU: bf16 with fp32 master weights, NCCL. The optimizer is torch's AdamW through
-DeepSpeed's `torch_adam` (fused kernel on GPU), so no DeepSpeed op is compiled at start. The
+DeepSpeed's `torch_adam` with torch's fused kernel (CPU and GPU alike; on CPU it cut a learner
+step by ~19% against the per-tensor loop, docs/results.md), so no DeepSpeed op is compiled at start. The
 schedule is a `torch.optim.lr_scheduler.LambdaLR` over `LRSchedule`, handed to
 `deepspeed.initialize(lr_scheduler=...)`: DeepSpeed steps it once per optimizer step and saves /
 restores it, the schedule's own settings included, in its checkpoints.
@@ -52,7 +53,7 @@ def deepspeed_config(learner: LearnerConfig, *, world_size: int, use_gpu: bool, 
                 "eps": ADAM_EPS,
                 "weight_decay": learner.weight_decay,
                 "torch_adam": True,
-                **({"fused": True} if use_gpu else {}),
+                "fused": True,
             },
         },
         "steps_per_print": NEVER_PRINT,
