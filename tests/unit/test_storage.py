@@ -129,7 +129,9 @@ def test_load_dataset_reads_all_tables(tmp_path):
     assert table_to_rollouts(ds.data.table)[:3] == _rollouts()
     jd = load(run.table_files("judgements"))
     assert jd[1]["win_matrix"] == [[0.5, 0.9], [0.1, 0.5]] and jd[0]["win_matrix"] is None
-    assert jd[0]["comparisons"][0] == {"a": 0, "b": 1, "prob_a": 0.25}
+    first = jd[0]["comparisons"][0]
+    assert {k: first[k] for k in ("a", "b", "prob_a")} == {"a": 0, "b": 1, "prob_a": 0.25}
+    assert math.isnan(first["p_ab"]) and math.isnan(first["p_ba"])  # per-order verdicts default to NaN
     pd = load(run.table_files("pairs"))
     assert pd["preferred"] == [2, 0] and pd[1]["win_probs"] == [0.7, 0.3]
 
