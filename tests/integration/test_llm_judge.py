@@ -100,6 +100,8 @@ def test_ranking_finds_the_known_winner(judges, held_out) -> None:
     assert result.totals["comparisons"] == comparisons and result.totals["asked"] == 2 * comparisons
     assert after["asked"] - before["asked"] == 2 * comparisons == after["scored"] - before["scored"]
     assert after["failed"] == before["failed"] and after["retried"] == before["retried"]
+    # the probe at start-up: the trained judge puts its mass on "A"/"B" (the tiny vocabulary has no " A")
+    assert after["label_variant"] == "'A'/'B'" and after["label_mass"] > 0.5 and after["chat"] is False
     for p in result.prompts:  # both orders asked and scored
         assert all(c.p_ab is not None and c.p_ba is not None for c in p.comparisons)
 
@@ -126,6 +128,7 @@ def test_failures_are_retried_then_none(judges, held_out) -> None:
     m = ray.get(failing.metrics.remote())
     asked = 2 * NUM_PROMPTS
     assert (m["asked"], m["scored"], m["retried"], m["failed"], m["calls"]) == (asked, 0, asked, asked, 2)
+    assert m["label_mass"] < 0.05  # the probe saw it: labels C / D carry no probability
 
     calls = ray.get(good.metrics.remote())["calls"]
     too_long = (prompts[0], " ".join(["1"] * 100), cands[0][0])
