@@ -91,11 +91,6 @@ class Pipeline:
         restarts = cfg.fault.actor_restarts
         self.judge = Judge.options(**judge_opts, max_restarts=restarts, max_task_retries=restarts).remote(
             cfg.judge, cl, model_path=judge_dir, seed=cfg.seed)
-        if llm_judge:  # which label tokens and chat setting the judge chose at start-up
-            setup = {k: v for k, v in ray.get(self.judge.metrics.remote()).items() if k in JUDGE_SETUP}
-            self.log.log("judge_setup", **setup)
-            log.info("llm judge: labels %s (probability mass %.3f on the probes), chat template %s",
-                     setup.get("label_variant"), setup.get("label_mass", float("nan")), setup.get("chat"))
         self.learner = LearnerGroup(cfg.model.model_copy(update={"path": str(self.model_dir)}), cfg.learner,
                                     cfg.algorithm, self.placement, total_steps=total_steps, seed=cfg.seed)
         self.weight_sync = WeightSync.options(**self.placement.options("weight-sync")).remote(self.pool)
@@ -103,6 +98,11 @@ class Pipeline:
         self._judge_seen: dict[str, int] = {}
         self.round = 0  # the round whose stages run now (for the logs of an engine re-sync)
         self.consumed_prompts = 0
+        if llm_judge:  # which label tokens and chat setting the judge chose at start-up
+            setup = {k: v for k, v in ray.get(self.judge.metrics.remote()).items() if k in JUDGE_SETUP}
+            self.log.log("judge_setup", **setup)
+            log.info("llm judge: labels %s (probability mass %.3f on the probes), chat template %s",
+                     setup.get("label_variant"), setup.get("label_mass", float("nan")), setup.get("chat"))
         log.info("pipeline ready: %d engine(s), %d learner rank(s), judge %s, run dir %s",
                  cl.num_engines, cl.learner_ranks, cfg.judge.backend, self.run.root)
 
@@ -160,7 +160,7 @@ class Pipeline:
         judge's counts (nothing to train on; a judge that scores nothing is misconfigured, and skipping
         rounds would hide that). Partly failed rounds train on the prompts that were ranked."""
         if winners and all(w is None for w in winners):
-            detail = ", ".join(f"{k} {v}" for k, v in counts.items() if k not in ("event", "time", self.unit))
+            detail = ", ".join(f"{k} {v}" for k, v in counts.items())
             raise JudgeDroppedAll(
                 f"the judge dropped every prompt of {self.unit} {index} ({len(winners)} prompts; {detail}); check "
                 "judge.labels / judge.template / judge.chat, e.g. with `apo-pipeline judge-eval`"

@@ -40,7 +40,7 @@ def smol(ray_session: None, smollm2_dir: str):
     placement = Placement(CLUSTER, llm_judge=True, prefix="apo-smol").create()
     model = ModelConfig(path=smollm2_dir, max_model_len=256)
     pool = GenerationPool(smollm2_dir, model, CLUSTER, placement)
-    learner = LearnerGroup(model, LearnerConfig(lr=1e-4, micro_batch_size=4), AlgorithmConfig(), placement, total_steps=4)
+    learner = LearnerGroup(model, LearnerConfig(lr=1e-3, micro_batch_size=4), AlgorithmConfig(), placement, total_steps=4)
     judge = Judge.options(**placement.options("judge", 0)).remote(
         JudgeConfig(backend="llm", max_model_len=1024), CLUSTER, model_path=smollm2_dir)
     sync = WeightSync.options(**placement.options("weight-sync")).remote(pool)

@@ -31,6 +31,14 @@ def run(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)
 
 
+def judge_eval(out: Path, *args: str) -> dict:
+    """`apo-pipeline judge-eval ARGS -o OUT`; the JSON report it wrote beside OUT."""
+    cmd = [sys.executable, "-m", "apo_pipeline.cli", "judge-eval", *args, "-o", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(out.with_suffix(".json").read_text())
+
+
 def events(run_dir: Path, kind: str) -> list[dict]:
     return [e for e in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if e["event"] == kind]
 
@@ -51,6 +59,11 @@ def test_onmcpo_with_smollm2_as_its_own_judge(smollm2_dir: str, tmp_path: Path) 
     assert [e["iteration"] for e in events(tmp_path / "llm", "eval")] == [0, 1]
     assert events(tmp_path / "llm", "train")
     check_final_is_tied(tmp_path / "llm")
+    # from the stored judgements, with the task's reward as the reference
+    report = judge_eval(tmp_path / "llm" / "report" / "judge.md", str(tmp_path / "llm"))
+    assert report["pairs"] == 6 and report["asked"] == 12 and report["scored"] == 1.0
+    assert report["reference"] == "builtin:constraints" and 0.0 <= report["order_agreement"] <= 1.0
+    assert (tmp_path / "llm" / "report" / "judge.md").is_file()
 
 
 def test_onmcpo_with_the_constraint_reward(smollm2_dir: str, tmp_path: Path) -> None:
@@ -72,3 +85,17 @@ def test_a_round_the_judge_drops_entirely_stops_with_one_line(smollm2_dir: str, 
     assert line.startswith("onmcpo: stopped: the judge dropped every prompt of segment 1 (3 prompts; comparisons 3")
     assert "failed 3" in line and "scored 0" in line and "Traceback" not in proc.stderr
     assert events(tmp_path / "drop", "judge")[0]["failed"] == 3 and not (tmp_path / "drop" / "final").exists()
+
+
+def test_judge_eval_runs_the_judge_on_labelled_pairs(smollm2_dir: str, tmp_path: Path) -> None:
+    pairs = [
+        ("What is the capital of France?", "The capital of France is Paris.", "The capital of France is Berlin."),
+        ("What is 3 + 4?", "3 + 4 = 7.", "3 + 4 = 12."),
+        ("Name a fruit.", "An apple.", "A hammer."),
+    ]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "a": a, "b": b, "preferred": "a"}) + "\n" for p, a, b in pairs))
+    report = judge_eval(tmp_path / "judge.md", "--pairs", str(path), "judge.model=builtin:smollm2", "judge.max_model_len=512")
+    assert report["pairs"] == 3 and report["asked"] == 6 and report["scored"] == 1.0
+    assert report["reference_pairs"] <= 3 and report["chat"] is True and report["label_mass"] > 0.3
+
