@@ -35,16 +35,17 @@ def _compare(args: argparse.Namespace) -> int:
 def _judge_eval(args: argparse.Namespace) -> int:
     from apo_pipeline.report.judge_eval import evaluate_pairs_file, evaluate_run, format_report
 
-    if (args.run_dir is None) == (args.pairs is None):
-        print("judge-eval: give a run directory or --pairs FILE (one of the two)", file=sys.stderr)
+    if (len(args.targets) != 1 or "=" in args.targets[0]) if args.pairs is None else any("=" not in t for t in args.targets):
+        print("judge-eval: give one run directory, or --pairs FILE with key=value overrides", file=sys.stderr)
         return 2
     try:
         if args.pairs:
-            report, extra = evaluate_pairs_file(args.pairs, args.overrides, args.config, args.reference)
+            report, extra = evaluate_pairs_file(args.pairs, args.targets, args.config, args.reference)
             title, out = args.pairs, Path(args.out) if args.out else None
         else:
-            report, extra = evaluate_run(args.run_dir, args.reference)
-            title, out = args.run_dir, Path(args.out) if args.out else Path(args.run_dir) / "report" / "judge.md"
+            run_dir = args.targets[0]
+            report, extra = evaluate_run(run_dir, args.reference)
+            title, out = run_dir, Path(args.out) if args.out else Path(run_dir) / "report" / "judge.md"
     except (ValueError, FileNotFoundError) as exc:  # bad input: one line naming the file / key
         print(f"judge-eval: {exc}", file=sys.stderr)
         return 2
@@ -81,12 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     cmp_.add_argument("-o", "--out", default="runs/compare")
     cmp_.set_defaults(func=_compare)
     jev = sub.add_parser("judge-eval", help="judge report: from a run's judgements, or an LLM judge run on labelled pairs")
-    jev.add_argument("run_dir", nargs="?", help="a run directory (reads its stored judgements; writes report/judge.md)")
+    jev.add_argument("targets", nargs="*", help="a run directory (reads its stored judgements; writes report/judge.md), "
+                     "or with --pairs: key=value config overrides, e.g. judge.model=builtin:smollm2")
     jev.add_argument("--pairs", help="JSONL of {prompt, a, b, preferred?: a|b}: runs the LLM judge of judge.* on them")
     jev.add_argument("--config", help="job YAML whose judge / cluster sections to use (--pairs)")
     jev.add_argument("--reference", help="reward spec giving the reference preference (default: the run's built-in task's)")
     jev.add_argument("-o", "--out", help="Markdown output (a .json beside it)")
-    jev.add_argument("overrides", nargs="*", default=[], help="key=value config overrides, e.g. judge.model=builtin:smollm2 (--pairs)")
     jev.set_defaults(func=_judge_eval)
     bld = sub.add_parser("build-model", help="build the cached built-in tiny model")
     bld.add_argument("--seed", type=int, default=0)

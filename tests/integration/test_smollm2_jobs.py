@@ -53,7 +53,7 @@ def test_onmcpo_with_smollm2_as_its_own_judge(smollm2_dir: str, tmp_path: Path) 
     proc = run(tmp_path / "llm", *LLM_JUDGE)
     assert proc.returncode == 0, proc.stderr[-6000:]
     setup = events(tmp_path / "llm", "judge_setup")
-    assert len(setup) == 1 and setup[0]["chat"] is True and setup[0]["label_mass"] > 0.3
+    assert len(setup) == 1 and setup[0]["chat"] is True and setup[0]["label_mass"] > 0.05
     (judged,) = events(tmp_path / "llm", "judge")
     assert judged["asked"] == 2 * 3 * 2 and judged["failed"] == 0  # 3 prompts, K-1 = 2 rounds, both orders
     assert [e["iteration"] for e in events(tmp_path / "llm", "eval")] == [0, 1]
@@ -97,5 +97,5 @@ def test_judge_eval_runs_the_judge_on_labelled_pairs(smollm2_dir: str, tmp_path:
     path.write_text("".join(json.dumps({"prompt": p, "a": a, "b": b, "preferred": "a"}) + "\n" for p, a, b in pairs))
     report = judge_eval(tmp_path / "judge.md", "--pairs", str(path), "judge.model=builtin:smollm2", "judge.max_model_len=512")
     assert report["pairs"] == 3 and report["asked"] == 6 and report["scored"] == 1.0
-    assert report["reference_pairs"] <= 3 and report["chat"] is True and report["label_mass"] > 0.3
+    assert report["reference_pairs"] <= 3 and report["chat"] is True and report["label_mass"] > 0.05
 
