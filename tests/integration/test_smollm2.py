@@ -58,7 +58,7 @@ def sampled(smol) -> list[Rollout]:
     prompt tokens (> 4096) exceed vLLM's default per-step budget, which on CPU crashed seeded
     sampling before engine/vllm_env.py raised it."""
     pool = smol[0]
-    gen = GenerationConfig(temperatures=[0.7, 1.0], n_per_temperature=3, max_tokens=24)
+    gen = GenerationConfig(temperatures=[0.7, 1.0], n_per_temperature=3, max_tokens=16)
     return pool.sample(PROMPTS, gen, seed=5)
 
 

@@ -1,7 +1,7 @@
-"""OnMC-PO on SmolLM2 as a user runs it (`python jobs/onmcpo.py`), shortened: once with SmolLM2 as its
-own LLM judge, once with the constraint reward on the real-text instruction task. Each checks the
-run's contract on a real model: metrics, the judge's counts, and a `final/` export that reloads with
-tied embeddings. The round in which the judge ranks no prompt stops the job with one line."""
+"""OnMC-PO with SmolLM2 as a user runs it (`python jobs/onmcpo.py`), shortened: SmolLM2 as the LLM
+judge of the built-in task (the set-up of issue 12, where the judge found neither label and the job
+died with "no training items"), and SmolLM2 as the policy with the constraint reward on the real-text
+instruction task. A round in which the judge ranks no prompt stops the job with one line."""
 
 from __future__ import annotations
 
@@ -17,13 +17,16 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 SHORT = [
-    "model.path=builtin:smollm2", "model.max_model_len=192", "data.prompts=builtin:instructions",
-    "data.eval_prompts=builtin:instructions", "data.chat=true", "data.num_prompts=3", "data.num_eval_prompts=2",
-    "data.max_prompt_tokens=96", "generation.temperatures=[1.0]", "generation.n_per_temperature=3",
+    "data.num_prompts=3", "data.num_eval_prompts=2", "generation.temperatures=[1.0]", "generation.n_per_temperature=3",
     "generation.max_tokens=12", "learner.micro_batch_size=3", "loop.segments=1", "loop.total_steps=1",
     "eval.greedy=false", "checkpoint.enabled=false", "monitoring.progress=false", "cluster.kv_cache_gib=0.25",
 ]
+# SmolLM2 judging the built-in task's tiny policy (the data.chat=false default; the judge's own chat is on)
 LLM_JUDGE = ["judge.backend=llm", "judge.model=builtin:smollm2", "judge.max_model_len=512"]
+SMOLLM2_POLICY = [
+    "model.path=builtin:smollm2", "model.max_model_len=192", "data.prompts=builtin:instructions",
+    "data.eval_prompts=builtin:instructions", "data.chat=true", "data.max_prompt_tokens=96",
+]
 
 
 def run(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -49,7 +52,7 @@ def check_final_is_tied(run_dir: Path) -> None:
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
 
 
-def test_onmcpo_with_smollm2_as_its_own_judge(smollm2_dir: str, tmp_path: Path) -> None:
+def test_onmcpo_with_smollm2_as_judge_of_the_builtin_task(smollm2_dir: str, tmp_path: Path) -> None:
     proc = run(tmp_path / "llm", *LLM_JUDGE)
     assert proc.returncode == 0, proc.stderr[-6000:]
     setup = events(tmp_path / "llm", "judge_setup")
@@ -58,16 +61,15 @@ def test_onmcpo_with_smollm2_as_its_own_judge(smollm2_dir: str, tmp_path: Path) 
     assert judged["asked"] == 2 * 3 * 2 and judged["failed"] == 0  # 3 prompts, K-1 = 2 rounds, both orders
     assert [e["iteration"] for e in events(tmp_path / "llm", "eval")] == [0, 1]
     assert events(tmp_path / "llm", "train")
-    check_final_is_tied(tmp_path / "llm")
-    # from the stored judgements, with the task's reward as the reference
+    # from the stored judgements, with the task's r* as the reference
     report = judge_eval(tmp_path / "llm" / "report" / "judge.md", str(tmp_path / "llm"))
     assert report["pairs"] == 6 and report["asked"] == 12 and report["scored"] == 1.0
-    assert report["reference"] == "builtin:constraints" and 0.0 <= report["order_agreement"] <= 1.0
+    assert report["reference"] == "builtin" and 0.0 <= report["order_agreement"] <= 1.0
     assert (tmp_path / "llm" / "report" / "judge.md").is_file()
 
 
 def test_onmcpo_with_the_constraint_reward(smollm2_dir: str, tmp_path: Path) -> None:
-    proc = run(tmp_path / "rw", "judge.backend=reward", "judge.reward_fn=builtin:constraints")
+    proc = run(tmp_path / "rw", *SMOLLM2_POLICY, "judge.backend=reward", "judge.reward_fn=builtin:constraints")
     assert proc.returncode == 0, proc.stderr[-6000:]
     evals = events(tmp_path / "rw", "eval")
     assert [e["iteration"] for e in evals] == [0, 1] and all(0.0 <= e["reward_mean"] <= 1.0 for e in evals)
