@@ -186,4 +186,4 @@ def evaluate_pairs_file(
 
     backend = LLMJudgeBackend(str(model_dir), cfg.judge, cfg.cluster, seed=cfg.seed)
     score_pairs(pairs, backend.compare_batch)
-    return judge_report(pairs), backend.metrics()
+    return judge_report(pairs), {f"judge_{k}": v for k, v in backend.metrics().items()}

@@ -99,5 +99,6 @@ def test_judge_eval_runs_the_judge_on_labelled_pairs(smollm2_dir: str, tmp_path:
     path.write_text("".join(json.dumps({"prompt": p, "a": a, "b": b, "preferred": "a"}) + "\n" for p, a, b in pairs))
     report = judge_eval(tmp_path / "judge.md", "--pairs", str(path), "judge.model=builtin:smollm2", "judge.max_model_len=512")
     assert report["pairs"] == 3 and report["asked"] == 6 and report["scored"] == 1.0
-    assert report["reference_pairs"] <= 3 and report["chat"] is True and report["label_mass"] > 0.05
+    assert report["reference_pairs"] <= 3 and report["judge_chat"] is True and report["judge_label_mass"] > 0.05
+    print(f"judge-eval on 3 labelled pairs: {report}")
 
