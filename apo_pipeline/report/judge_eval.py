@@ -167,7 +167,7 @@ def evaluate_pairs_file(
     """Run the LLM judge of a job config (`config_file`, then `key=value` overrides; judge.model must
     be set) in this process on a pairs file, both orders in one call. Unlabelled pairs take their
     reference from the `reference` reward spec when given. Returns (report, the judge's start-up
-    choices and counts)."""
+    choices and counts, each as judge_<name>)."""
     from apo_pipeline.config import load_config
     from apo_pipeline.config.schema import OnMCPOConfig
     from apo_pipeline.engine.vllm_env import apply_engine_env
