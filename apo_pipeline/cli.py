@@ -2,6 +2,8 @@
 
     apo-pipeline report runs/onmcpo            # PNG plots + report.md into runs/onmcpo/report/
     apo-pipeline compare runs/a runs/b -o out  # overlay several runs
+    apo-pipeline judge-eval runs/onmcpo        # the judge's scored fraction, order agreement, bias, ...
+    apo-pipeline judge-eval --pairs pairs.jsonl judge.model=builtin:smollm2   # run an LLM judge on pairs
     apo-pipeline build-model [--seed 0]        # build (or find) the cached built-in tiny model
     apo-pipeline run onmcpo [args...]          # same as python jobs/onmcpo.py [args...]
 """
@@ -9,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -26,6 +29,32 @@ def _compare(args: argparse.Namespace) -> int:
 
     for path in write_comparison([Path(p) for p in args.run_dirs], Path(args.out)):
         print(path)
+    return 0
+
+
+def _judge_eval(args: argparse.Namespace) -> int:
+    from apo_pipeline.report.judge_eval import evaluate_pairs_file, evaluate_run, format_report
+
+    if (len(args.targets) != 1 or "=" in args.targets[0]) if args.pairs is None else any("=" not in t for t in args.targets):
+        print("judge-eval: give one run directory, or --pairs FILE with key=value overrides", file=sys.stderr)
+        return 2
+    try:
+        if args.pairs:
+            report, extra = evaluate_pairs_file(args.pairs, args.targets, args.config, args.reference)
+            title, out = args.pairs, Path(args.out) if args.out else None
+        else:
+            run_dir = args.targets[0]
+            report, extra = evaluate_run(run_dir, args.reference)
+            title, out = run_dir, Path(args.out) if args.out else Path(run_dir) / "report" / "judge.md"
+    except (ValueError, FileNotFoundError) as exc:  # bad input: one line naming the file / key
+        print(f"judge-eval: {exc}", file=sys.stderr)
+        return 2
+    text = format_report(report, title, extra)
+    print(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        out.with_suffix(".json").write_text(json.dumps({**report, **extra}, indent=2, default=str))
     return 0
 
 
@@ -52,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     cmp_.add_argument("run_dirs", nargs="+")
     cmp_.add_argument("-o", "--out", default="runs/compare")
     cmp_.set_defaults(func=_compare)
+    jev = sub.add_parser("judge-eval", help="judge report: from a run's judgements, or an LLM judge run on labelled pairs")
+    jev.add_argument("targets", nargs="*", help="a run directory (reads its stored judgements; writes report/judge.md), "
+                     "or with --pairs: key=value config overrides, e.g. judge.model=builtin:smollm2")
+    jev.add_argument("--pairs", help="JSONL of {prompt, a, b, preferred?: a|b}: runs the LLM judge of judge.* on them")
+    jev.add_argument("--config", help="job YAML whose judge / cluster sections to use (--pairs)")
+    jev.add_argument("--reference", help="reward spec giving the reference preference (default: the run's built-in task's)")
+    jev.add_argument("-o", "--out", help="Markdown output (a .json beside it)")
+    jev.set_defaults(func=_judge_eval)
     bld = sub.add_parser("build-model", help="build the cached built-in tiny model")
     bld.add_argument("--seed", type=int, default=0)
     bld.set_defaults(func=_build_model)

@@ -19,6 +19,7 @@ from pathlib import Path
 from apo_pipeline.config import JOB_CONFIGS, BaseJobConfig, ConfigError, load_config
 from apo_pipeline.config.schema import LOCAL_NUM_CPUS
 from apo_pipeline.loops.resume import check_resume_config, read_saved_config
+from apo_pipeline.task.model_spec import ModelSourceError, check_model
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "jobs" / "configs"
 LOOP_MODULES = {"onmcpo": "apo_pipeline.loops.onmcpo", "apo": "apo_pipeline.loops.apo", "mcpo": "apo_pipeline.loops.mcpo"}
@@ -83,18 +84,24 @@ def run_job(job: str, argv: list[str] | None = None) -> int:
         saved = read_saved_config(run_dir / "config.yaml")
         if saved is not None:
             check_resume_config(saved, cfg)
-    except ConfigError as exc:
+        check_model(cfg.model.path, "model.path")
+        if cfg.judge.backend == "llm" and cfg.judge.model:
+            check_model(cfg.judge.model, "judge.model")
+    except (ConfigError, ModelSourceError) as exc:
         print(f"{job}: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     loop = importlib.import_module(LOOP_MODULES[job])
     import ray
 
-    from apo_pipeline.loops.recovery import run_with_recovery
+    from apo_pipeline.loops.recovery import RunStopped, run_with_recovery
 
     init_ray(cfg, args.address)
     try:
         run_with_recovery(loop.run, cfg, run_dir)
+    except RunStopped as exc:  # a deliberate stop (e.g. the judge ranked no prompt of a round): one line
+        print(f"{job}: stopped: {exc}", file=sys.stderr)
+        return 1
     finally:
         ray.shutdown()
     return 0

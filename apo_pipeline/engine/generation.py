@@ -31,6 +31,7 @@ from apo_pipeline.engine.vllm_env import (
     llm_kwargs,
 )
 from apo_pipeline.rollout import Candidate, Rollout
+from apo_pipeline.task.synthetic import prompt_text
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -42,11 +43,13 @@ Prompt = str | list[Message]
 
 @dataclass
 class EncodedPrompt:
-    """A prompt ready for the engine: `index` in the caller's list, rendered `text`, `token_ids`."""
+    """A prompt ready for the engine: `index` in the caller's list, rendered `text`, `token_ids`,
+    and the `instruction` as written (a conversation's last user message)."""
 
     index: int
     text: str
     token_ids: list[int]
+    instruction: str = ""
 
 
 def request_seed(seed: int, prompt_index: int, temperature_index: int, sample_index: int) -> int:
@@ -113,7 +116,7 @@ class GenerationEngine:
         return [self._encode(p, start_index + i) for i, p in enumerate(prompts)]
 
     def _encode(self, prompt: Prompt, index: int) -> EncodedPrompt:
-        return EncodedPrompt(index, *encode_prompt(self.tokenizer, prompt))
+        return EncodedPrompt(index, *encode_prompt(self.tokenizer, prompt), instruction=prompt_text(prompt))
 
     def _as_encoded(self, prompts: list[Prompt | EncodedPrompt]) -> list[EncodedPrompt]:
         return [p if isinstance(p, EncodedPrompt) else self._encode(p, i) for i, p in enumerate(prompts)]
@@ -174,7 +177,7 @@ class GenerationEngine:
             c = out.outputs[0]
             ids = list(c.token_ids)
             candidates.append(Candidate(ids, c.text, str(c.finish_reason), summed_logprob(ids, c.logprobs), t))
-        return Rollout(prompt.text, prompt.token_ids, candidates, prompt.index)
+        return Rollout(prompt.text, prompt.token_ids, candidates, prompt.index, prompt.instruction)
 
     def sleep(self, level: int = 1) -> bool:
         """vLLM sleep mode (GPU, colocated): frees the KV cache (level 1 also offloads weights).

@@ -31,7 +31,7 @@ class Judge:
         *,
         model_path: str | None = None,
         top_logprobs: int = 20,
-        chat: bool = False,
+        chat: bool | None = None,
         seed: int = 0,
     ) -> None:
         self.both_orders = judge.both_orders

@@ -2,6 +2,8 @@
 
 At index 0 the starting policy's responses (sampled and greedy) become the baseline, saved as
 `<run>/eval_baseline_{sampled,greedy}.parquet` so a resumed run compares against the same ones.
+Every evaluation's responses are also kept as `<run>/eval/{sampled,greedy}_<index>.parquet`
+(the report's sample responses).
 Win-rate = mean over prompts of the judge's P(current beats baseline), both orders averaged;
 comparisons the judge could not score are left out and counted.
 """
@@ -65,7 +67,7 @@ class Evaluator:
         return self.baseline[kind]
 
     def _win_rate(self, rollouts: list[Rollout], base: dict[int, str]) -> tuple[float | None, int]:
-        pairs = [(r.prompt, r.candidates[0].text, base[r.prompt_index]) for r in rollouts if r.prompt_index in base]
+        pairs = [(r.judge_prompt, r.candidates[0].text, base[r.prompt_index]) for r in rollouts if r.prompt_index in base]
         if not pairs:
             return None, 0
         asked = [(p, a, b) for p, a, b in pairs] + [(p, b, a) for p, a, b in pairs]
@@ -82,8 +84,9 @@ class Evaluator:
         for kind, rollouts in self._responses().items():
             suffix = "" if kind == "sampled" else "_greedy"
             base = self._load_baseline(kind, rollouts, index)
+            write_rollouts(self.pipe.run.root / "eval" / f"{kind}_{index}.parquet", rollouts)
             if self.pipe.reward_fn is not None:
-                fields[f"reward{suffix or '_mean'}"] = fmean(self.pipe.reward_fn(r.prompt, r.candidates[0].text) for r in rollouts)
+                fields[f"reward{suffix or '_mean'}"] = fmean(self.pipe.reward_fn(r.judge_prompt, r.candidates[0].text) for r in rollouts)
             win, unscored = self._win_rate(rollouts, base)
             fields[f"win_rate{suffix}"] = win
             if unscored:

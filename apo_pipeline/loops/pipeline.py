@@ -25,6 +25,7 @@ from apo_pipeline.engine.placement import Placement
 from apo_pipeline.engine.pool import GenerationPool
 from apo_pipeline.engine.weight_sync import WeightSync, bucket_bytes
 from apo_pipeline.loops.evaluation import Evaluator
+from apo_pipeline.loops.recovery import RunStopped
 from apo_pipeline.loops.resume import ResumePoint, restore_latest, save_round
 from apo_pipeline.loops.schedule import step_batches
 from apo_pipeline.monitoring import MetricsLogger, StageTimer
@@ -34,6 +35,7 @@ from apo_pipeline.storage import (
     Comparison, Judgement, RunDir, create_run_dir, read_pairs, write_judgements, write_pairs, write_rollouts,
 )
 from apo_pipeline.task import load_prompts, load_reward_fn, resolve_model
+from apo_pipeline.task.prompts import as_user_turn
 
 log = logging.getLogger("apo_pipeline")
 
@@ -45,6 +47,11 @@ TRAIN_FIELDS = {
 }
 
 JUDGE_BACKEND_COUNTS = ("scored", "retried", "overlong", "errors")
+JUDGE_SETUP = ("chat", "label_variant", "label_mass", "label_masses", "probes")
+
+
+class JudgeDroppedAll(RunStopped):
+    """The judge failed to rank every prompt of a round (message: one line with the judge's counts)."""
 
 
 @dataclass
@@ -65,6 +72,8 @@ class Pipeline:
         self.log = MetricsLogger(self.run.root, ray_metrics=cfg.monitoring.ray_metrics, tensorboard=cfg.monitoring.tensorboard)
         self.timer = StageTimer(self.log, progress=cfg.monitoring.progress)
         self.model_dir = resolve_model(cfg.model.path, seed=cfg.seed)
+        llm_judge = cfg.judge.backend == "llm"
+        judge_dir = str(resolve_model(cfg.judge.model, seed=cfg.seed, key="judge.model")) if llm_judge else None
         self.prompts = self._load_prompts()
         self.reward_fn: Callable[[Any, str], float] | None = (
             load_reward_fn(cfg.judge.reward_fn) if cfg.judge.backend == "reward" else None
@@ -81,7 +90,7 @@ class Pipeline:
         # The judge holds no state a restart loses: Ray re-sends its in-flight calls to the new process.
         restarts = cfg.fault.actor_restarts
         self.judge = Judge.options(**judge_opts, max_restarts=restarts, max_task_retries=restarts).remote(
-            cfg.judge, cl, chat=cfg.data.chat, seed=cfg.seed)
+            cfg.judge, cl, model_path=judge_dir, seed=cfg.seed)
         self.learner = LearnerGroup(cfg.model.model_copy(update={"path": str(self.model_dir)}), cfg.learner,
                                     cfg.algorithm, self.placement, total_steps=total_steps, seed=cfg.seed)
         self.weight_sync = WeightSync.options(**self.placement.options("weight-sync")).remote(self.pool)
@@ -89,6 +98,11 @@ class Pipeline:
         self._judge_seen: dict[str, int] = {}
         self.round = 0  # the round whose stages run now (for the logs of an engine re-sync)
         self.consumed_prompts = 0
+        if llm_judge:  # which label tokens and chat setting the judge chose at start-up
+            setup = {k: v for k, v in ray.get(self.judge.metrics.remote()).items() if k in JUDGE_SETUP}
+            self.log.log("judge_setup", **setup)
+            log.info("llm judge: labels %s (probability mass %.3f on the probes), chat template %s",
+                     setup.get("label_variant"), setup.get("label_mass", float("nan")), setup.get("chat"))
         log.info("pipeline ready: %d engine(s), %d learner rank(s), judge %s, run dir %s",
                  cl.num_engines, cl.learner_ranks, cfg.judge.backend, self.run.root)
 
@@ -99,6 +113,8 @@ class Pipeline:
         for name, ps in (("data.prompts", train), ("data.eval_prompts", held)):
             if ps.skipped:
                 self.log.log("data", source=name, skipped=ps.skipped)
+        if d.chat:  # plain-text prompts become a user turn, rendered with the policy's chat template
+            return Prompts(*([as_user_turn(p) for p in ps.prompts] for ps in (train, held)))
         return Prompts(train.prompts, held.prompts)
 
     @property
@@ -123,21 +139,34 @@ class Pipeline:
         """Iterative pairwise ranking (K-1 rounds) of every prompt's candidates by the judge."""
         with self.timer.stage("judge", **{self.unit: index}):
             result = ray.get(self.judge.rank.remote(
-                [r.prompt for r in rollouts], [[c.text for c in r.candidates] for r in rollouts], self.cfg.seed + index))
+                [r.judge_prompt for r in rollouts], [[c.text for c in r.candidates] for r in rollouts], self.cfg.seed + index))
         t = result.totals
-        self._log_judge(index, comparisons=t["comparisons"], asked=t["asked"], ties=t["ties"], failed=t["failures"],
-                        partial=t["partial_failures"], judge_calls=result.judge_calls)
+        counts = self._log_judge(index, comparisons=t["comparisons"], asked=t["asked"], ties=t["ties"], failed=t["failures"],
+                                 partial=t["partial_failures"], judge_calls=result.judge_calls)
+        self._stop_if_all_dropped(index, [p.winner for p in result.prompts], counts)
         return result.prompts
 
     def win_rates(self, rollouts: list[Rollout], index: int) -> list[WinRates]:
         """Full K x K win-rate matrices (SPPO)."""
         with self.timer.stage("judge", **{self.unit: index}):
             rates = ray.get(self.judge.win_matrix.remote(
-                [r.prompt for r in rollouts], [[c.text for c in r.candidates] for r in rollouts]))
-        self._log_judge(index, failed=sum(w.failures for w in rates), partial=sum(w.partial_failures for w in rates))
+                [r.judge_prompt for r in rollouts], [[c.text for c in r.candidates] for r in rollouts]))
+        counts = self._log_judge(index, failed=sum(w.failures for w in rates), partial=sum(w.partial_failures for w in rates))
+        self._stop_if_all_dropped(index, [w.chosen for w in rates], counts)
         return rates
 
-    def _log_judge(self, index: int, **counts: int) -> None:
+    def _stop_if_all_dropped(self, index: int, winners: list[int | None], counts: dict[str, Any]) -> None:
+        """A round whose every prompt the judge failed to rank stops the run with one line naming the
+        judge's counts (nothing to train on; a judge that scores nothing is misconfigured, and skipping
+        rounds would hide that). Partly failed rounds train on the prompts that were ranked."""
+        if winners and all(w is None for w in winners):
+            detail = ", ".join(f"{k} {v}" for k, v in counts.items())
+            raise JudgeDroppedAll(
+                f"the judge dropped every prompt of {self.unit} {index} ({len(winners)} prompts; {detail}); check "
+                "judge.labels / judge.template / judge.chat, e.g. with `apo-pipeline judge-eval`"
+            )
+
+    def _log_judge(self, index: int, **counts: int) -> dict[str, Any]:
         """One "judge" event: the ranking's counts (`failed`: comparisons never scored, counted, not
         guessed) plus what the backend counted since the last event (llm: scored, retried, overlong,
         errors)."""
@@ -145,7 +174,9 @@ class Pipeline:
         backend = {k: v - self._judge_seen.get(k, 0) if v >= self._judge_seen.get(k, 0) else v  # a restart resets them
                    for k, v in now.items() if k in JUDGE_BACKEND_COUNTS}
         self._judge_seen = now
-        self.log.log("judge", **{self.unit: index}, **counts, **backend)
+        fields = {**counts, **backend}
+        self.log.log("judge", **{self.unit: index}, **fields)
+        return fields
 
     def reference_logps(self, groups: list[TrainGroup], index: int) -> list[TrainGroup]:
         """Store log pi_ref of every candidate with the data (pi_ref = the current policy)."""
@@ -284,7 +315,7 @@ def judgements_from_rankings(rollouts: list[Rollout], rankings: list[PromptRanki
     """Storage records of the ranking log (failed comparisons as NaN, failed prompts winner None)."""
     out = []
     for ro, rk in zip(rollouts, rankings, strict=True):
-        comps = [Comparison(c.a, c.b, float("nan") if c.p is None else c.p) for c in rk.comparisons]
+        comps = [Comparison(c.a, c.b, _nan(c.p), _nan(c.p_ab), _nan(c.p_ba)) for c in rk.comparisons]
         failures = [f"round {c.round}: {c.a} vs {c.b} not scored" for c in rk.comparisons if c.p is None]
         out.append(Judgement(ro.prompt_index, rk.winner, comps, None, failures))
     return out
@@ -298,3 +329,7 @@ def judgements_from_win_rates(rollouts: list[Rollout], rates: list[WinRates]) ->
         failures = [f"{wr.failures} pair(s) not scored"] if wr.failures else []
         out.append(Judgement(ro.prompt_index, wr.chosen, [], matrix, failures))
     return out
+
+
+def _nan(p: float | None) -> float:
+    return float("nan") if p is None else p

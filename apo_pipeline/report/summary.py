@@ -20,6 +20,7 @@ from apo_pipeline.report.plots import (
     series,
     stage_seconds,
 )
+from apo_pipeline.report.samples import sample_lines
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,8 @@ def _markdown(run_dir: Path, events: Sequence[Event], plots: dict[str, Path]) ->
         rows = [(s, f"{t:.1f}", f"{100 * t / total:.1f}%" if total else "-") for s, t in totals.items()]
         rows.append(("**total**", f"{total:.1f}", "100%"))
         lines += ["## Time by stage", "", *_table(("stage", "seconds", "share"), rows), ""]
+    if samples := sample_lines(run_dir):
+        lines += samples
     if config := _config_rows(run_dir / "config.yaml"):
         lines += ["## Config highlights", "", *_table(("key", "value"), config), ""]
     if plots:

@@ -40,6 +40,7 @@ def test_engine_settings_per_device() -> None:
     cpu = llm_kwargs("m", ClusterConfig(kv_cache_gib=0.25), max_model_len=64, weight_transfer_backend="x")
     assert cpu["distributed_executor_backend"] == "uni" and cpu["dtype"] == "float32" and cpu["enforce_eager"]
     assert cpu["kv_cache_memory_bytes"] == 1 << 28 and cpu["weight_transfer_config"] == {"backend": "x"}
+    assert cpu["max_num_batched_tokens"] == cpu["max_num_seqs"] * 64  # no split prefill on CPU (vllm_env.py)
     gpu = llm_kwargs("m", ClusterConfig(use_gpu=True, colocate=True), tp=2, max_model_len=64, sleep_mode=True)
     assert gpu["distributed_executor_backend"] == "ray" and gpu["tensor_parallel_size"] == 2
     assert gpu["enable_sleep_mode"] and gpu["gpu_memory_utilization"] == 0.4 and "enforce_eager" not in gpu

@@ -151,3 +151,27 @@ def test_compare_cli_writes_what_it_prints(tmp_path, capsys):
         _assert_drawn_png(png)
     md = written[-1].read_text()
     assert "| dpo |" in md and "| apo |" in md
+
+
+def test_report_shows_sample_responses_scored_by_the_task_reward(tmp_path):
+    from apo_pipeline.rollout import Candidate, Rollout
+    from apo_pipeline.storage import write_rollouts
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"event": "eval", "time": 0.0, "iteration": 0}) + "\n")
+    (run / "config.yaml").write_text(yaml.safe_dump(
+        {"judge": {"backend": "llm"}, "data": {"eval_prompts": "builtin:instructions"}}))
+    prompt = 'Give some advice about baking bread. Do not use any commas.'
+
+    def responses(text: str) -> list[Rollout]:
+        return [Rollout(f"<|im_start|>user\n{prompt}", [1], [Candidate([2], text, "stop", -1.0, 0.0)], 4, prompt)]
+
+    write_rollouts(run / "eval" / "greedy_0.parquet", responses("Flour, water, salt."))
+    write_rollouts(run / "eval" / "greedy_2.parquet", responses("Flour and water and salt."))
+    write_rollouts(run / "eval" / "sampled_2.parquet", responses("ignored: greedy is shown"))
+    text = (run / "report" / "report.md").read_text() if write_report(run) else ""
+    assert "## Sample responses (greedy, held-out; start vs evaluation 2)" in text
+    assert f"**Prompt 4:** {prompt}" in text  # the prompt as written, not the chat rendering
+    assert "*start* (reward 0):" in text and "> Flour, water, salt." in text
+    assert "*after 2* (reward 1):" in text and "> Flour and water and salt." in text
