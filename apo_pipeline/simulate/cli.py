@@ -61,7 +61,7 @@ def _presets(args: argparse.Namespace) -> int:
 
 
 def _measured(args: argparse.Namespace) -> int:
-    cores = args.cores if args.cores is not None else float(os.cpu_count() or 1)
+    cores = args.cores if args.cores is not None else float(len(os.sched_getaffinity(0)))
     runs = [read_run(d, cores=cores) for d in args.run]
     target = read_run(args.target, cores=cores) if args.target else runs[0]
     rates = fit_rates(runs)

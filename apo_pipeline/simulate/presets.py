@@ -42,6 +42,12 @@ PRESETS: dict[str, Preset] = {
     "gpu64": Preset("64 GPUs, eight nodes", "onmcpo-8b.yaml", (
         "cluster.num_gpus=64", "cluster.num_engines=8", "cluster.judge_engines=10", "cluster.judge_tp=4",
         "cluster.learner_ranks=16", "learner.grad_accum=4")),
+    # what the simulator suggests once the judge is the only bottleneck left (docs/scaling.md)
+    "gpu16c": Preset("16 GPUs, generation colocated, 3 judges", "onmcpo-8b-colocated.yaml", (
+        "cluster.num_gpus=16", "cluster.judge_engines=3")),
+    "gpu64b": Preset("64 GPUs, 12 judges, 8 learner ranks", "onmcpo-8b.yaml", (
+        "cluster.num_gpus=64", "cluster.num_engines=8", "cluster.judge_engines=12", "cluster.judge_tp=4",
+        "cluster.learner_ranks=8", "learner.grad_accum=8")),
 }
 
 

@@ -205,9 +205,10 @@ def workload_from_config(cfg: Mapping[str, Any], prompts: int | None = None) -> 
 def layout_from_config(cfg: Mapping[str, Any], judge_pool: bool = False, cores: float | None = None) -> Layout:
     """The actors of a config's `cluster` section. judge_pool=False: only judge-0 runs (today's code).
 
-    cores: the CPU cores the actors share (None: each role has its own hardware). On CPU a vLLM
-    engine binds its OpenMP threads to every core it may use, so each engine demands all `cores`;
-    a learner rank runs `cluster.cpus_per_actor` torch threads (Ray's OMP_NUM_THREADS); the
+    cores: the CPU cores the actors share (None: each role has its own hardware). On CPU each vLLM
+    engine counts as demanding all `cores`: on the 2-core test machine a second engine did not
+    make generation faster (bench/validate_simulator.py, config e2-p128-s24); a learner rank runs
+    `cluster.cpus_per_actor` torch threads (one busy thread measured at cpus_per_actor 1); the
     reward judge and the driver are one Python thread each."""
     cl = cfg.get("cluster") or {}
     cpus = float(cl.get("cpus_per_actor") or 1.0)

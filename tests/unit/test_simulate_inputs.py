@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from apo_pipeline.cli import main
+from apo_pipeline.simulate.doc_tables import segment_table, stage_table
 from apo_pipeline.simulate.events import simulate_round
 from apo_pipeline.simulate.flops import LLAMA_8B, LLAMA_70B, GPUModel, TokenShape, decode_tokens_per_s, gpu_rates
 from apo_pipeline.simulate.measured import fit_rates, measured_result, read_run
@@ -186,6 +187,12 @@ def test_layout_of_a_config_runs_one_judge_without_the_pool():
     assert colocated.colocate and colocated.total_gpus == 8 and colocated.gpus("generation") == 0
 
 
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_fills_its_gpus(name):
+    cfg = PRESETS[name].load()
+    assert layout_from_config(cfg, judge_pool=True).total_gpus == cfg["cluster"]["num_gpus"]
+
+
 def test_flop_model_matches_docs_scaling_arithmetic():
     tokens = TokenShape()
     assert tokens.judge_request == 1240
@@ -257,3 +264,11 @@ def test_validation_predicts_each_run_from_the_others(tmp_path):
 def test_layout_is_what_the_cli_reports():
     layout = Layout(engines=2, judges=1, judges_reserved=2, judge_tp=4, learner_ranks=4)
     assert layout.gpus("judge") == 8 and layout.busy_gpus("judge") == 4 and layout.total_gpus == 14
+
+
+def test_docs_scaling_holds_the_simulated_tables():
+    """docs/scaling.md's tables are the simulator's output (regenerate them with
+    `python -m apo_pipeline.simulate.doc_tables` after changing the model)."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "scaling.md").read_text()
+    for line in segment_table() + stage_table():
+        assert line in page, f"docs/scaling.md lacks: {line}"
