@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,13 +38,18 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT_S = 1800
 # 4 segments (3 steady rounds); the POS/NEG diagnostics (extra work on some steps) off everywhere
 COMMON = ("loop.segments=4", "algorithm.dynamics_every=0")
-CONFIGS: dict[str, tuple[str, ...]] = {  # per segment:
+# Per segment; the sizes differ across configs in every stage (prompts, steps, pairs per step,
+# engines, held-out prompts) so that a stage's fixed cost and its rate can be told apart.
+CONFIGS: dict[str, tuple[str, ...]] = {
     "smoke": ("--preset", "smoke", "data.num_prompts=32", "loop.total_steps=8"),  # the smoke round: 8 prompts, 2 steps of 8
-    "p64-s24": ("data.num_prompts=256", "loop.total_steps=96"),  # 64 prompts, 24 steps of 16 pairs
+    "s16": ("--preset", "smoke", "data.num_prompts=64", "loop.total_steps=16", "data.num_eval_prompts=16"),  # 16, 4 of 8
+    "p64-s24": ("data.num_prompts=256", "loop.total_steps=96"),  # 64 prompts, 24 steps of 16 pairs, 32 held out
     "p128-s24": ("data.num_prompts=512", "loop.total_steps=96"),  # 128 prompts, 24 steps
     "p64-s48": ("data.num_prompts=256", "loop.total_steps=192"),  # 64 prompts, 48 steps
     "e2-p128-s24": ("data.num_prompts=512", "loop.total_steps=96", "cluster.num_engines=2"),  # 2 engines
     "b8-p64-s48": ("data.num_prompts=256", "loop.total_steps=192", "learner.micro_batch_size=8"),  # 48 steps of 8
+    "b32-p128-s24": ("data.num_prompts=512", "loop.total_steps=96", "learner.micro_batch_size=32",
+                     "data.num_eval_prompts=64"),  # 24 steps of 32, 64 held out
 }
 MODES: dict[str, tuple[str, ...]] = {
     "sequential": (),
@@ -70,6 +76,7 @@ class Measured:
     config: str
     repeat: int
     directory: str
+    command: list[str]
     status: str
     seconds: float
     load_before: float
@@ -83,11 +90,14 @@ def command(mode: str, config: str, directory: Path) -> list[str]:
 def execute(mode: str, config: str, repeat: int, out: Path) -> Measured:
     """Run one job (or reuse a finished one) with its output in `<dir>.log`."""
     directory = out / mode / config / f"r{repeat}"
-    info = directory / "validate.json"
+    info, cmd = directory / "validate.json", command(mode, config, directory)
     if (directory / "final").is_dir() and info.is_file():
-        return Measured(**json.loads(info.read_text()))
-    cmd = command(mode, config, directory)
-    directory.mkdir(parents=True, exist_ok=True)
+        done = Measured(**json.loads(info.read_text()))
+        if done.command[1:] == cmd[1:]:
+            return done
+    if directory.exists():
+        shutil.rmtree(directory)  # unfinished, or made with other overrides: run it afresh
+    directory.mkdir(parents=True)
     before, start = os.getloadavg()[0], time.perf_counter()
     with directory.with_suffix(".log").open("w") as log:
         log.write(f"$ {shlex.join(cmd)}\n")
@@ -97,7 +107,7 @@ def execute(mode: str, config: str, repeat: int, out: Path) -> Measured:
             status = "ok" if done.returncode == 0 else f"exit {done.returncode}"
         except subprocess.TimeoutExpired:
             status = f"timed out after {RUN_TIMEOUT_S} s"
-    result = Measured(mode, config, repeat, str(directory), status, time.perf_counter() - start, before,
+    result = Measured(mode, config, repeat, str(directory), cmd, status, time.perf_counter() - start, before,
                       os.getloadavg()[0])
     if status == "ok":
         info.write_text(json.dumps(asdict(result)))
@@ -153,7 +163,9 @@ def run_all(names: Sequence[str], repeats: int, out: Path, analyze_only: bool) -
                 if analyze_only:
                     info = out / mode / name / f"r{repeat}" / "validate.json"
                     if info.is_file():
-                        done.append(Measured(**json.loads(info.read_text())))
+                        m = Measured(**json.loads(info.read_text()))
+                        if m.command[1:] == command(mode, name, Path(m.directory))[1:]:
+                            done.append(m)
                     continue
                 m = execute(mode, name, repeat, out)
                 print(f"{mode}/{name}/r{repeat}: {m.status} in {m.seconds:.0f} s, load average "

@@ -272,3 +272,19 @@ def test_docs_scaling_holds_the_simulated_tables():
     page = (Path(__file__).resolve().parents[2] / "docs" / "scaling.md").read_text()
     for line in segment_table() + stage_table():
         assert line in page, f"docs/scaling.md lacks: {line}"
+
+
+def test_validation_reuses_a_finished_run_only_with_the_same_overrides(tmp_path, monkeypatch):
+    """`execute` runs the job once, reuses it, and runs it afresh when the config's overrides change."""
+    def fake(mode, config, directory):  # a "job" that finishes at once
+        extra = validate_simulator.CONFIGS[config]
+        return [sys.executable, "-c", f"import pathlib; pathlib.Path({str(directory)!r}, 'final').mkdir()", *extra]
+
+    monkeypatch.setattr(validate_simulator, "command", fake)
+    monkeypatch.setitem(validate_simulator.CONFIGS, "tiny", ("a=1",))
+    first = validate_simulator.execute("sequential", "tiny", 0, tmp_path)
+    again = validate_simulator.execute("sequential", "tiny", 0, tmp_path)
+    assert first.status == "ok" and again == first  # reused: the same record, not a second run
+    monkeypatch.setitem(validate_simulator.CONFIGS, "tiny", ("a=2",))
+    changed = validate_simulator.execute("sequential", "tiny", 0, tmp_path)
+    assert changed.command[-1] == "a=2" and changed.status == "ok"
