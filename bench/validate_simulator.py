@@ -146,7 +146,8 @@ def predict(targets: Sequence[MeasuredRun], fitted_on: Sequence[MeasuredRun], sc
     measured, predicted = mean("measured_s"), mean("predicted_s")
     return {
         "rates": rates.source, "measured_s": measured, "predicted_s": predicted, "error": predicted / measured - 1.0,
-        "repeat_spread": (max(per_repeat) - min(per_repeat)) / measured, "first_measured_s": mean("measured_s", first),
+        "per_repeat_s": per_repeat, "repeat_spread": (max(per_repeat) - min(per_repeat)) / measured,
+        "first_measured_s": mean("measured_s", first),
         "first_predicted_s": mean("predicted_s", first),
         "stages": {c: (statistics.fmean(r["measured_stage_s"][c] for r in steady_rows),
                        statistics.fmean(r["predicted_stage_s"][c] for r in steady_rows)) for c in STAGE_COLUMNS},
@@ -186,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     cores = float(len(os.sched_getaffinity(0)))
     runs = {(m.mode, m.config, m.repeat): read_run(m.directory, cores=cores) for m in measured}
     report = []
-    print(f"\n| mode | config | measured s/round | predicted s/round | error | repeat spread | round 1 measured / "
-          f"predicted | predicted / measured s: {' / '.join(STAGE_COLUMNS)} | load average |")
+    print(f"\n| mode | config | measured s/round (per repeat) | predicted s/round | error | repeat spread | round 1 "
+          f"measured / predicted | predicted / measured s: {' / '.join(STAGE_COLUMNS)} | load average |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for mode in MODES:
         for name in dict.fromkeys(m.config for m in measured if m.mode == mode):
@@ -198,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             res = predict(targets, others, schedule_of(MODES[mode]))
             loads = [x for m in measured if (m.mode, m.config) == (mode, name) for x in (m.load_before, m.load_after)]
             stages = " / ".join(f"{res['stages'][c][1]:.2f}:{res['stages'][c][0]:.2f}" for c in STAGE_COLUMNS)
-            print(f"| {mode} | {name} | {res['measured_s']:.2f} | {res['predicted_s']:.2f} | {res['error']:+.0%} | "
+            repeats = " / ".join(f"{x:.2f}" for x in res["per_repeat_s"])
+            print(f"| {mode} | {name} | {res['measured_s']:.2f} ({repeats}) | {res['predicted_s']:.2f} | {res['error']:+.0%} | "
                   f"{res['repeat_spread']:.0%} | {res['first_measured_s']:.2f} / {res['first_predicted_s']:.2f} | "
                   f"{stages} | {min(loads):.1f}-{max(loads):.1f} |")
             report.append({"mode": mode, "config": name, "overrides": [*CONFIGS[name], *COMMON, *MODES[mode]],

@@ -166,7 +166,7 @@ def fit_rates(runs: Sequence[MeasuredRun], first_round: int = FIRST_STEADY_ROUND
             for stage, sample in rnd.samples.items():
                 samples[stage].append(sample)
     costs = {stage: fit_cost(s) for stage, s in samples.items()}
-    names = ", ".join(r.path.name for r in runs)
+    names = ", ".join("/".join(r.path.parts[-2:]) for r in runs)
     return StageRates(costs, source=f"measured: {names} (rounds >= {first_round})")
 
 

@@ -53,17 +53,19 @@ def describe(work: RoundWorkload, layout: Layout, gpus: bool = False) -> list[st
 
 
 def round_table(rows: Sequence[tuple[str, RoundResult, Layout]], unit: str = "s", gpus: bool = False) -> list[str]:
-    """A Markdown table, one row per (label, result, layout): wall, stage times, overlap, then the
-    busy fraction of each role (or, with `gpus`, the GPU utilization of each GPU group)."""
+    """A Markdown table, one row per (label, result, layout): wall, stage times (eval with the
+    judge's share), overlap, then the busy fraction of each role (or, with `gpus`, the GPU
+    utilization of each GPU group)."""
     scale = UNITS[unit]
-    stages = [s for s in SHOWN_STAGES if any(r.stage_s.get(s, 0.0) > 0 for _, r, _ in rows)]
+    shown = [{**r.stage_s, "eval": r.stage_s.get("eval", 0.0) + r.stage_s.get("eval_judge", 0.0)} for _, r, _ in rows]
+    stages = [s for s in SHOWN_STAGES if any(st.get(s, 0.0) > 0 for st in shown)]
     groups = list(gpu_groups(rows[0][2])) + ["all"] if gpus else list(GPU_ROLES)
     head = ["", f"wall ({unit})", *stages, "overlap", *((f"GPU util {g}" for g in groups) if gpus else
                                                        (f"busy {g}" for g in groups))]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for label, res, layout in rows:
+    for (label, res, layout), stage_s in zip(rows, shown):
         shares = gpu_utilization(res, layout) if gpus else {g: res.busy_fraction(g) for g in groups}
-        cells = [label, _num(res.wall_s / scale), *(_num(res.stage_s.get(s, 0.0) / scale) for s in stages),
+        cells = [label, _num(res.wall_s / scale), *(_num(stage_s.get(s, 0.0) / scale) for s in stages),
                  f"{res.overlap:.2f}", *(f"{shares[g]:.0%}" for g in groups)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines

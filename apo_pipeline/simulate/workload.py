@@ -205,11 +205,11 @@ def workload_from_config(cfg: Mapping[str, Any], prompts: int | None = None) -> 
 def layout_from_config(cfg: Mapping[str, Any], judge_pool: bool = False, cores: float | None = None) -> Layout:
     """The actors of a config's `cluster` section. judge_pool=False: only judge-0 runs (today's code).
 
-    cores: the CPU cores the actors share (None: each role has its own hardware). On CPU each vLLM
-    engine counts as demanding all `cores`: on the 2-core test machine a second engine did not
-    make generation faster (bench/validate_simulator.py, config e2-p128-s24); a learner rank runs
-    `cluster.cpus_per_actor` torch threads (one busy thread measured at cpus_per_actor 1); the
-    reward judge and the driver are one Python thread each."""
+    cores: the CPU cores the actors share (None: each role has its own hardware). A generation
+    engine and a learner rank each keep `cluster.cpus_per_actor` cores busy (at 1: one busy thread
+    per engine and per rank, measured on the 2-core test machine, where a second engine made
+    generation 1.7x faster on a quiet machine); the reward judge and the driver are one Python
+    thread each."""
     cl = cfg.get("cluster") or {}
     cpus = float(cl.get("cpus_per_actor") or 1.0)
     engines, ranks = int(cl.get("num_engines") or 1), int(cl.get("learner_ranks") or 1)
@@ -218,5 +218,5 @@ def layout_from_config(cfg: Mapping[str, Any], judge_pool: bool = False, cores: 
         engines=engines, engine_tp=int(cl.get("engine_tp") or 1),
         judges=reserved if judge_pool else 1, judges_reserved=reserved, judge_tp=int(cl.get("judge_tp") or 1),
         learner_ranks=ranks, colocate=bool(cl.get("colocate", False)), cores=cores,
-        role_cores={"generation": engines * (cores or cpus), "judge": 1.0, "learner": ranks * cpus, "driver": 1.0},
+        role_cores={"generation": engines * cpus, "judge": 1.0, "learner": ranks * cpus, "driver": 1.0},
     )

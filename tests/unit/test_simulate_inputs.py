@@ -136,7 +136,7 @@ def test_rates_fitted_on_two_sizes_predict_a_third(tmp_path):
     for rnd in target.steady():
         res = simulate_round(rnd.workload, target.layout, rates, Schedule("sequential"))
         assert res.wall_s == pytest.approx(rnd.wall_s, rel=1e-6)
-    assert "p4, p16" in rates.source
+    assert rates.source.startswith("measured: ") and "/p4, " in rates.source and rates.source.endswith("/p16 (rounds >= 2)")
 
 
 def test_measured_result_is_the_mean_round(tmp_path):
