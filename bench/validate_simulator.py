@@ -1,7 +1,7 @@
 """Validate the round simulator against measured CPU runs (leave one config out).
 
     /work/bin/heavy .venv/bin/python bench/validate_simulator.py [--out runs/simulator-validation]
-        [--only NAME ...] [--repeats 2] [--analyze-only]
+        [--only NAME ...] [--repeats 3] [--analyze-only]
 
 Runs `python jobs/onmcpo.py` `--repeats` times per (mode, config) below, the configs in turn and
 in reverse order on alternate repeats (so a slow phase of a shared machine does not hit one
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "simulator-validation")
     p.add_argument("--only", nargs="+", choices=sorted(CONFIGS), help="configs to run and check (default: all)")
-    p.add_argument("--repeats", type=int, default=2, help="runs per (mode, config)")
+    p.add_argument("--repeats", type=int, default=3, help="runs per (mode, config)")
     p.add_argument("--analyze-only", action="store_true", help="do not run jobs; use the finished runs in --out")
     args = p.parse_args(argv)
     measured = [m for m in run_all(args.only or list(CONFIGS), args.repeats, args.out, args.analyze_only)
