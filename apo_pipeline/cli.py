@@ -6,6 +6,7 @@
     apo-pipeline judge-eval --pairs pairs.jsonl judge.model=builtin:smollm2   # run an LLM judge on pairs
     apo-pipeline build-model [--seed 0]        # build (or find) the cached built-in tiny model
     apo-pipeline run onmcpo [args...]          # same as python jobs/onmcpo.py [args...]
+    apo-pipeline simulate --preset gpu16       # predicted round time, sequential vs streamed
 """
 
 from __future__ import annotations
@@ -71,6 +72,12 @@ def _run(args: argparse.Namespace) -> int:
     return run_job(args.job, args.job_args)
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from apo_pipeline.simulate.cli import run
+
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="apo-pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -96,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("job", choices=["onmcpo", "apo", "mcpo"])
     run.add_argument("job_args", nargs=argparse.REMAINDER)
     run.set_defaults(func=_run)
+    from apo_pipeline.simulate.cli import add_arguments
+
+    sim = sub.add_parser("simulate", help="predict a round's wall time and each role's load, sequential vs streamed")
+    add_arguments(sim)
+    sim.set_defaults(func=_simulate)
     args = parser.parse_args(argv)
     return args.func(args)
 
