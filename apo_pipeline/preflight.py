@@ -1,0 +1,173 @@
+"""Checks that need no Ray, run by `launch.run_job` before anything starts (no Ray import here).
+
+Each problem is one line `<key>: <reason>`; the job prints `<job>: <key>: <reason>` per problem and
+exits with code 2. Cheap checks run first, then the tokenizer checks, which load tokenizers but
+never weights or engines:
+- the run directory: a re-run that would pick up saved state (a checkpoint or a round's tables)
+  refuses unsafe config changes (`loops.resume.check_resume_config`); a directory holding neither
+  accepts any config, so a failed start pins nothing;
+- data.prompts / data.eval_prompts and loop.dataset (offline MC-PO): the file or directory exists
+  and its rows are valid (the first malformed row, by file and line, unless data.on_error=skip);
+- judge.reward_fn (reward judge): importable and callable;
+- model.path and judge.model (llm judge): a known model source whose check passes (a directory
+  needs config.json and a tokenizer that loads); with data.chat the tokenizer needs a chat
+  template; the judge's labels must be single tokens of the judge's tokenizer
+  (`engine.llm_judge.label_token_ids`).
+
+Model sources: `register_model_source(name_or_prefix, check)` adds a kind of `model.path`
+(e.g. `gguf:`). A spec uses the check registered under its exact name, else under the longest
+registered prefix, else the local-directory check. `check(spec, tokenizer=...)` raises
+ValueError / FileNotFoundError / OSError with the reason and returns the spec's tokenizer (None
+when `tokenizer` is false and loading one is not part of the check).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from apo_pipeline.config import BaseJobConfig, ConfigError
+from apo_pipeline.task.model_spec import BUILTIN_MODELS, is_builtin_model, resolve_model
+
+ModelCheck = Callable[..., Any]
+MODEL_SOURCES: dict[str, ModelCheck] = {}
+CHECK_ERRORS = (ValueError, FileNotFoundError, OSError, ImportError)
+PROBE_TEXT = "Hello, world"
+
+
+def register_model_source(name_or_prefix: str, check: ModelCheck) -> None:
+    """Check `model.path` / `judge.model` values equal to, or starting with, `name_or_prefix` with `check`."""
+    MODEL_SOURCES[name_or_prefix] = check
+
+
+def _builtin_tiny(spec: str, *, tokenizer: bool, trust_remote_code: bool = False) -> Any:
+    """The built-in tiny model is built on first use; its tokenizer is ours (no build needed)."""
+    if not tokenizer:
+        return None
+    from apo_pipeline.task.tokenizer import build_tokenizer
+
+    return build_tokenizer()
+
+
+def _directory(spec: str, *, tokenizer: bool, trust_remote_code: bool = False) -> Any:
+    """A local HF model directory: config.json and a tokenizer that `AutoTokenizer` loads and that
+    encodes text (always loaded: vLLM and the learner will load it too). Without vocabulary files
+    transformers builds an empty tokenizer rather than failing: that is caught here."""
+    path = resolve_model(spec)
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except Exception as exc:  # transformers raises many kinds; all mean "no usable tokenizer"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{spec}: no loadable tokenizer ({first})") from None
+    if not tok.encode(PROBE_TEXT, add_special_tokens=False):
+        raise ValueError(f"{spec}: no loadable tokenizer (it encodes {PROBE_TEXT!r} to no tokens: vocabulary files missing?)")
+    return tok
+
+
+register_model_source("builtin:tiny", _builtin_tiny)
+
+
+def model_check(spec: str) -> ModelCheck | None:
+    """The check for `spec` (None: a built-in name with no check registered, accepted as is)."""
+    if spec in MODEL_SOURCES:
+        return MODEL_SOURCES[spec]
+    prefixes = [p for p in MODEL_SOURCES if p.endswith(":") and spec.startswith(p)]
+    if prefixes:
+        return MODEL_SOURCES[max(prefixes, key=len)]
+    if spec.startswith("builtin:"):
+        if is_builtin_model(spec):
+            return None
+        known = sorted({*BUILTIN_MODELS, *(p for p in MODEL_SOURCES if p.startswith("builtin:"))})
+        raise ValueError(f"unknown built-in model {spec!r}; known: {', '.join(known)}")
+    return _directory
+
+
+class Checks:
+    """Collects `<key>: <reason>` lines."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def fail(self, key: str, reason: str) -> None:
+        self.problems.append(f"{key}: {reason}")
+
+    def run(self, key: str, fn: Callable[[], Any]) -> Any:
+        """`fn()`, or None with a problem recorded under `key` if it raises a checked error."""
+        try:
+            return fn()
+        except CHECK_ERRORS as exc:
+            message = str(exc).strip() or type(exc).__name__
+            self.fail(key, message.removeprefix(f"{key}: "))
+            return None
+
+
+def _run_dir(checks: Checks, cfg: BaseJobConfig, run_dir: Path) -> None:
+    from apo_pipeline.loops.resume import check_resume_config, read_saved_config
+    from apo_pipeline.storage.rundir import RunDir
+
+    run = RunDir(run_dir)
+    saved = read_saved_config(run.config_path)
+    state = run.saved_state()
+    if saved is None or not state:
+        return
+    try:
+        check_resume_config(saved, cfg)
+    except ConfigError as exc:
+        checks.problems.append(f"{exc} (the run directory holds {', '.join(state[:3])})")
+
+
+def _data(checks: Checks, cfg: BaseJobConfig) -> None:
+    from apo_pipeline.task.prompts import load_prompts
+
+    d = cfg.data
+    for key, source, split, limit in (("data.prompts", d.prompts, "train", d.num_prompts),
+                                      ("data.eval_prompts", d.eval_prompts, "eval", d.num_eval_prompts)):
+        if source != "builtin":
+            checks.run(key, lambda: load_prompts(source, split=split, limit=limit, on_error=d.on_error))
+    dataset = getattr(getattr(cfg, "loop", None), "dataset", "builtin")
+    if dataset != "builtin":
+        from apo_pipeline.loops.offline_data import read_candidate_rows
+
+        checks.run("loop.dataset", lambda: read_candidate_rows(dataset, on_error=d.on_error))
+    if cfg.judge.backend == "reward":
+        from apo_pipeline.task.reward_judge import load_reward_fn
+
+        checks.run("judge.reward_fn", lambda: load_reward_fn(cfg.judge.reward_fn))
+
+
+def _model(checks: Checks, key: str, spec: str, *, tokenizer: bool, trust_remote_code: bool) -> Any:
+    """The spec's tokenizer when its check passed and one was asked for (None otherwise)."""
+    check = checks.run(key, lambda: model_check(spec))
+    if check is None:
+        return None
+    return checks.run(key, lambda: check(spec, tokenizer=tokenizer, trust_remote_code=trust_remote_code))
+
+
+def _models(checks: Checks, cfg: BaseJobConfig) -> None:
+    chat = cfg.data.chat
+    trust = cfg.model.trust_remote_code
+    policy = _model(checks, "model.path", cfg.model.path, tokenizer=chat, trust_remote_code=trust)
+    if chat and policy is not None and not getattr(policy, "chat_template", None):
+        checks.fail("data.chat", f"the tokenizer of model.path {cfg.model.path!r} has no chat template")
+    if cfg.judge.backend != "llm" or not cfg.judge.model:
+        return
+    judge = _model(checks, "judge.model", cfg.judge.model, tokenizer=True, trust_remote_code=trust)
+    if judge is None:
+        return
+    if chat and not getattr(judge, "chat_template", None):
+        checks.fail("data.chat", f"the tokenizer of judge.model {cfg.judge.model!r} has no chat template (the judge uses it with data.chat)")
+    from apo_pipeline.engine.llm_judge import label_token_ids
+
+    checks.run("judge.labels", lambda: label_token_ids(judge, cfg.judge.labels))
+
+
+def preflight(cfg: BaseJobConfig, run_dir: Path) -> list[str]:
+    """Every problem found, one `<key>: <reason>` line each (empty: ready to start)."""
+    checks = Checks()
+    _run_dir(checks, cfg, run_dir)
+    _data(checks, cfg)
+    _models(checks, cfg)
+    return checks.problems
