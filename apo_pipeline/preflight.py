@@ -3,9 +3,10 @@
 Each problem is one line `<key>: <reason>`; the job prints `<job>: <key>: <reason>` per problem and
 exits with code 2. Cheap checks run first, then the tokenizer checks, which load tokenizers but
 never weights or engines:
-- the run directory: a re-run that would pick up saved state (a checkpoint or a round's tables)
-  refuses unsafe config changes (`loops.resume.check_resume_config`); a directory holding neither
-  accepts any config, so a failed start pins nothing;
+- the run directory: not in use by a live driver (`monitoring.run_state`); a re-run that would
+  pick up saved state (a checkpoint or a round's tables) refuses unsafe config changes
+  (`loops.resume.check_resume_config`); a directory holding neither accepts any config, so a
+  failed start pins nothing;
 - data.prompts / data.eval_prompts and loop.dataset (offline MC-PO): the file or directory exists
   and its rows are valid (the first malformed row, by file and line, unless data.on_error=skip);
 - judge.reward_fn (reward judge): importable and callable;
@@ -106,9 +107,14 @@ class Checks:
 
 def _run_dir(checks: Checks, cfg: BaseJobConfig, run_dir: Path) -> None:
     from apo_pipeline.loops.resume import check_resume_config, read_saved_config
+    from apo_pipeline.monitoring.run_state import driver_alive, read_driver_record
     from apo_pipeline.storage.rundir import RunDir
 
     run = RunDir(run_dir)
+    driver = read_driver_record(run)
+    if driver is not None and driver_alive(driver):
+        checks.fail("--run-dir", f"{run_dir} is in use by a running driver (pid {driver.get('pid')} on "
+                                 f"{driver.get('host')}); wait for it to end or use another --run-dir")
     saved = read_saved_config(run.config_path)
     state = run.saved_state()
     if saved is None or not state:

@@ -112,6 +112,16 @@ def test_a_model_source_can_register_its_own_check(tmp_path, model_dir):
     assert seen == [("fake:/x.bin", False), ("fake:missing", False)]
 
 
+def test_a_run_dir_in_use_by_a_live_driver_is_refused(tmp_path):
+    from apo_pipeline.monitoring.run_state import DriverRecord
+    from apo_pipeline.storage.rundir import RunDir
+
+    with DriverRecord(RunDir(tmp_path)):
+        [problem] = preflight(cfg(), tmp_path)
+    assert problem.startswith(f"--run-dir: {tmp_path} is in use by a running driver (pid ")
+    assert preflight(cfg(), tmp_path) == []  # that driver finished
+
+
 def test_the_job_prints_one_line_per_problem_and_starts_nothing(tmp_path, jsonl):
     """The command a user runs: exit code 2, `<job>: <key>: <reason>` lines, no traceback, no run
     directory, and Ray never imported."""
