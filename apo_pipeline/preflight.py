@@ -1,8 +1,9 @@
 """Checks that need no Ray, run by `launch.run_job` before anything starts (no Ray import here).
 
 Each problem is one line `<key>: <reason>`; the job prints `<job>: <key>: <reason>` per problem and
-exits with code 2. Cheap checks run first, then the tokenizer checks, which load tokenizers but
-never weights or engines:
+exits with code 2. The cheap checks run first (files, rows, paths: about one `import torch` of
+time); the tokenizer checks, which load tokenizers but never weights or engines, run only when
+those passed (importing transformers' AutoTokenizer costs about 3 s of CPU on its own):
 - the run directory: not in use by a live driver (`monitoring.run_state`); a re-run that would
   pick up saved state (a checkpoint or a round's tables) refuses unsafe config changes
   (`loops.resume.check_resume_config`); a directory holding neither accepts any config, so a
@@ -17,9 +18,10 @@ never weights or engines:
 
 Model sources: `register_model_source(name_or_prefix, check)` adds a kind of `model.path`
 (e.g. `gguf:`). A spec uses the check registered under its exact name, else under the longest
-registered prefix, else the local-directory check. `check(spec, tokenizer=...)` raises
-ValueError / FileNotFoundError / OSError with the reason and returns the spec's tokenizer (None
-when `tokenizer` is false and loading one is not part of the check).
+registered prefix, else the local-directory check. `check(spec, trust_remote_code=...)` does the
+cheap part (the files exist), raising ValueError / FileNotFoundError / OSError with the reason,
+and returns a loader: a function of no argument that returns the spec's tokenizer (raising the
+same way), or None when there is no tokenizer to check.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from typing import Any
 from apo_pipeline.config import BaseJobConfig, ConfigError
 from apo_pipeline.task.model_spec import BUILTIN_MODELS, is_builtin_model, resolve_model
 
-ModelCheck = Callable[..., Any]
+TokenizerLoader = Callable[[], Any]
+ModelCheck = Callable[..., "TokenizerLoader | None"]
 MODEL_SOURCES: dict[str, ModelCheck] = {}
 CHECK_ERRORS = (ValueError, FileNotFoundError, OSError, ImportError)
 PROBE_TEXT = "Hello, world"
@@ -42,30 +45,36 @@ def register_model_source(name_or_prefix: str, check: ModelCheck) -> None:
     MODEL_SOURCES[name_or_prefix] = check
 
 
-def _builtin_tiny(spec: str, *, tokenizer: bool, trust_remote_code: bool = False) -> Any:
-    """The built-in tiny model is built on first use; its tokenizer is ours (no build needed)."""
-    if not tokenizer:
-        return None
+def _tiny_tokenizer() -> Any:
     from apo_pipeline.task.tokenizer import build_tokenizer
 
     return build_tokenizer()
 
 
-def _directory(spec: str, *, tokenizer: bool, trust_remote_code: bool = False) -> Any:
-    """A local HF model directory: config.json and a tokenizer that `AutoTokenizer` loads and that
-    encodes text (always loaded: vLLM and the learner will load it too). Without vocabulary files
-    transformers builds an empty tokenizer rather than failing: that is caught here."""
-    path = resolve_model(spec)
-    from transformers import AutoTokenizer
+def _builtin_tiny(spec: str, *, trust_remote_code: bool = False) -> TokenizerLoader:
+    """The built-in tiny model is built on first use; its tokenizer is ours (no build needed)."""
+    return _tiny_tokenizer
 
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    except Exception as exc:  # transformers raises many kinds; all mean "no usable tokenizer"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{spec}: no loadable tokenizer ({first})") from None
-    if not tok.encode(PROBE_TEXT, add_special_tokens=False):
-        raise ValueError(f"{spec}: no loadable tokenizer (it encodes {PROBE_TEXT!r} to no tokens: vocabulary files missing?)")
-    return tok
+
+def _directory(spec: str, *, trust_remote_code: bool = False) -> TokenizerLoader:
+    """A local HF model directory with config.json, whose tokenizer `AutoTokenizer` must load and
+    must encode text (vLLM and the learner load it too). Without vocabulary files transformers
+    builds an empty tokenizer rather than failing: the probe catches that."""
+    path = resolve_model(spec)
+
+    def load() -> Any:
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        except Exception as exc:  # transformers raises many kinds; all mean "no usable tokenizer"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"{spec}: no loadable tokenizer ({first})") from None
+        if not tok.encode(PROBE_TEXT, add_special_tokens=False):
+            raise ValueError(f"{spec}: no loadable tokenizer (it encodes {PROBE_TEXT!r} to no tokens: vocabulary files missing?)")
+        return tok
+
+    return load
 
 
 register_model_source("builtin:tiny", _builtin_tiny)
@@ -144,36 +153,41 @@ def _data(checks: Checks, cfg: BaseJobConfig) -> None:
         checks.run("judge.reward_fn", lambda: load_reward_fn(cfg.judge.reward_fn))
 
 
-def _model(checks: Checks, key: str, spec: str, *, tokenizer: bool, trust_remote_code: bool) -> Any:
-    """The spec's tokenizer when its check passed and one was asked for (None otherwise)."""
-    check = checks.run(key, lambda: model_check(spec))
-    if check is None:
-        return None
-    return checks.run(key, lambda: check(spec, tokenizer=tokenizer, trust_remote_code=trust_remote_code))
+def _model_sources(checks: Checks, cfg: BaseJobConfig) -> dict[str, tuple[str, TokenizerLoader]]:
+    """The cheap part of each model's check; `{key: (spec, tokenizer loader)}` of those that passed."""
+    specs = {"model.path": cfg.model.path}
+    if cfg.judge.backend == "llm" and cfg.judge.model:
+        specs["judge.model"] = cfg.judge.model
+    loaders = {}
+    for key, spec in specs.items():
+        check = checks.run(key, lambda: model_check(spec))
+        loader = check and checks.run(key, lambda: check(spec, trust_remote_code=cfg.model.trust_remote_code))
+        if loader is not None:
+            loaders[key] = (spec, loader)
+    return loaders
 
 
-def _models(checks: Checks, cfg: BaseJobConfig) -> None:
-    chat = cfg.data.chat
-    trust = cfg.model.trust_remote_code
-    policy = _model(checks, "model.path", cfg.model.path, tokenizer=chat, trust_remote_code=trust)
-    if chat and policy is not None and not getattr(policy, "chat_template", None):
-        checks.fail("data.chat", f"the tokenizer of model.path {cfg.model.path!r} has no chat template")
-    if cfg.judge.backend != "llm" or not cfg.judge.model:
-        return
-    judge = _model(checks, "judge.model", cfg.judge.model, tokenizer=True, trust_remote_code=trust)
-    if judge is None:
-        return
-    if chat and not getattr(judge, "chat_template", None):
-        checks.fail("data.chat", f"the tokenizer of judge.model {cfg.judge.model!r} has no chat template (the judge uses it with data.chat)")
-    from apo_pipeline.engine.llm_judge import label_token_ids
+def _tokenizers(checks: Checks, cfg: BaseJobConfig, loaders: dict[str, tuple[str, TokenizerLoader]]) -> None:
+    """Load each tokenizer; the chat template (data.chat) and the judge's single-token labels."""
+    for key, (spec, loader) in loaders.items():
+        tok = checks.run(key, loader)
+        if tok is None:
+            continue
+        if cfg.data.chat and not getattr(tok, "chat_template", None):
+            checks.fail("data.chat", f"the tokenizer of {key} {spec!r} has no chat template")
+        if key == "judge.model":
+            from apo_pipeline.engine.llm_judge import label_token_ids
 
-    checks.run("judge.labels", lambda: label_token_ids(judge, cfg.judge.labels))
+            checks.run("judge.labels", lambda: label_token_ids(tok, cfg.judge.labels))
 
 
 def preflight(cfg: BaseJobConfig, run_dir: Path) -> list[str]:
-    """Every problem found, one `<key>: <reason>` line each (empty: ready to start)."""
+    """Every problem found, one `<key>: <reason>` line each (empty: ready to start). The tokenizer
+    checks run only when every cheap one passed, so the common mistakes come back in seconds."""
     checks = Checks()
     _run_dir(checks, cfg, run_dir)
     _data(checks, cfg)
-    _models(checks, cfg)
+    loaders = _model_sources(checks, cfg)
+    if not checks.problems:
+        _tokenizers(checks, cfg, loaders)
     return checks.problems

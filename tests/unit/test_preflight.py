@@ -83,6 +83,8 @@ def test_chat_needs_a_chat_template(tmp_path, model_dir):
     assert preflight(cfg(f"model.path={plain}"), tmp_path) == []
     assert preflight(cfg(f"model.path={plain}", "data.chat=true"), tmp_path) == [
         f"data.chat: the tokenizer of model.path {str(plain)!r} has no chat template"]
+    assert preflight(cfg("judge.backend=llm", f"judge.model={plain}", "data.chat=true"), tmp_path) == [
+        f"data.chat: the tokenizer of judge.model {str(plain)!r} has no chat template"]
 
 
 def test_judge_labels_must_be_single_tokens_of_the_judges_tokenizer(tmp_path, model_dir):
@@ -97,19 +99,22 @@ def test_judge_labels_must_be_single_tokens_of_the_judges_tokenizer(tmp_path, mo
 def test_a_model_source_can_register_its_own_check(tmp_path, model_dir):
     seen = []
 
-    def check(spec: str, *, tokenizer: bool, trust_remote_code: bool = False):
-        seen.append((spec, tokenizer))
+    def check(spec: str, *, trust_remote_code: bool = False):
+        seen.append(spec)
         if spec.endswith("missing"):
             raise FileNotFoundError(f"{spec}: no such file")
-        return None
+        return (lambda: seen.append("loaded")) if spec.endswith("notok") else None
 
     register_model_source("fake:", check)
     try:
         assert preflight(cfg("model.path=fake:/x.bin"), tmp_path) == []
         assert preflight(cfg("model.path=fake:missing"), tmp_path) == ["model.path: fake:missing: no such file"]
+        assert preflight(cfg("model.path=fake:notok"), tmp_path) == []  # its loader ran (returned None: nothing more to check)
+        assert preflight(cfg("model.path=fake:notok", "data.prompts=missing.jsonl"), tmp_path) == [
+            "data.prompts: prompt source not found: missing.jsonl"]  # a cheap problem: no tokenizer loaded
     finally:
         del MODEL_SOURCES["fake:"]
-    assert seen == [("fake:/x.bin", False), ("fake:missing", False)]
+    assert seen == ["fake:/x.bin", "fake:missing", "fake:notok", "loaded", "fake:notok"]
 
 
 def test_a_run_dir_in_use_by_a_live_driver_is_refused(tmp_path):
