@@ -1,5 +1,6 @@
 """The `apo-pipeline` console script: reports, comparisons and small utilities around runs.
 
+    apo-pipeline status runs/onmcpo [--json]   # running / finished / failed / stopped, progress, evals, failures
     apo-pipeline report runs/onmcpo            # PNG plots + report.md into runs/onmcpo/report/
     apo-pipeline compare runs/a runs/b -o out  # overlay several runs
     apo-pipeline judge-eval runs/onmcpo        # the judge's scored fraction, order agreement, bias, ...
@@ -13,8 +14,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
+
+
+def _status(args: argparse.Namespace) -> int:
+    from apo_pipeline.monitoring.status import format_status, run_status
+
+    try:
+        status = run_status(args.run_dir)
+    except FileNotFoundError as exc:
+        print(f"status: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(status, indent=1) if args.json else format_status(status))
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -62,6 +76,7 @@ def _judge_eval(args: argparse.Namespace) -> int:
 def _build_model(args: argparse.Namespace) -> int:
     from apo_pipeline.task import build_tiny_model
 
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the warm-up's progress lines off a TTY
     print(build_tiny_model(seed=args.seed))
     return 0
 
@@ -81,6 +96,10 @@ def _simulate(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="apo-pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    st = sub.add_parser("status", help="whether a run is running, finished, failed or stopped, and how far it got")
+    st.add_argument("run_dir")
+    st.add_argument("--json", action="store_true", help="the same as one JSON object (for scripts)")
+    st.set_defaults(func=_status)
     rep = sub.add_parser("report", help="plots and a Markdown summary of one run")
     rep.add_argument("run_dir")
     rep.set_defaults(func=_report)

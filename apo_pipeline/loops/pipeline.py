@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -25,10 +26,11 @@ from apo_pipeline.engine.placement import Placement
 from apo_pipeline.engine.pool import GenerationPool
 from apo_pipeline.engine.weight_sync import WeightSync, bucket_bytes
 from apo_pipeline.loops.evaluation import Evaluator
-from apo_pipeline.loops.recovery import RunStopped
+from apo_pipeline.loops.stop import RunStopped
 from apo_pipeline.loops.resume import ResumePoint, restore_latest, save_round
 from apo_pipeline.loops.schedule import step_batches
-from apo_pipeline.monitoring import MetricsLogger, StageTimer
+from apo_pipeline.monitoring import StageTimer, console, open_run_metrics
+from apo_pipeline.monitoring.actor_logs import actor_env
 from apo_pipeline.ranking import PromptRanking, WinRates
 from apo_pipeline.rollout import Rollout, TrainGroup
 from apo_pipeline.storage import (
@@ -69,7 +71,17 @@ class Pipeline:
         self.cfg = cfg
         self.unit = unit
         self.run: RunDir = create_run_dir(run_dir.parent, run_dir.name, cfg)
-        self.log = MetricsLogger(self.run.root, ray_metrics=cfg.monitoring.ray_metrics, tensorboard=cfg.monitoring.tensorboard)
+        # A failure part-way releases what was built, so a job restore can build again under the same names.
+        with ExitStack() as built:
+            built.callback(release_names, role_names(cfg))
+            self._build(cfg, total_steps, built)
+            built.pop_all()
+
+    def _build(self, cfg: BaseJobConfig, total_steps: int, built: ExitStack) -> None:
+        """Metrics, model, prompts and every actor. What needs releasing besides the actors' names (the
+        metrics file and trackers, the placement groups) goes on `built` as soon as it exists."""
+        self.log = open_run_metrics(self.run.root, cfg, console=console.active())
+        built.callback(self.log.close)
         self.timer = StageTimer(self.log, progress=cfg.monitoring.progress)
         self.model_dir = resolve_model(cfg.model.path, seed=cfg.seed)
         llm_judge = cfg.judge.backend == "llm"
@@ -79,14 +91,17 @@ class Pipeline:
             load_reward_fn(cfg.judge.reward_fn) if cfg.judge.backend == "reward" else None
         )
         cl = cfg.cluster
-        self.placement = Placement(cl, llm_judge=cfg.judge.backend == "llm", prefix=f"apo-{cfg.name}").create()
+        self.placement = Placement(cl, llm_judge=cfg.judge.backend == "llm", prefix=f"apo-{cfg.name}")
+        built.callback(self.placement.remove)  # removing a group also kills the actors placed in it
+        self.placement.create()
         self.pool = GenerationPool(
             str(self.model_dir), cfg.model, cl, self.placement, sync=cfg.sync,
             max_prompt_tokens=cfg.data.max_prompt_tokens, overlong=cfg.data.overlong, seed=cfg.seed,
             max_restarts=cfg.fault.actor_restarts,
         )
         self.pool.restart_hook = self._resync_engines
-        judge_opts = self.placement.options("judge", 0) if cfg.judge.backend == "llm" else {"name": "judge-0", "num_cpus": 0}
+        judge_opts = self.placement.options("judge", 0) if cfg.judge.backend == "llm" else {
+            "name": "judge-0", "num_cpus": 0, "runtime_env": actor_env("judge-0")}
         # The judge holds no state a restart loses: Ray re-sends its in-flight calls to the new process.
         restarts = cfg.fault.actor_restarts
         self.judge = Judge.options(**judge_opts, max_restarts=restarts, max_task_retries=restarts).remote(
@@ -297,6 +312,23 @@ class Pipeline:
         self.placement.remove()
         self.log.close()
         wait_names_free(names)
+
+
+def role_names(cfg: BaseJobConfig) -> list[str]:
+    """Every actor name a pipeline of `cfg` may create (`<role>-<i>`, `weight-sync`)."""
+    cl = cfg.cluster
+    names = [f"gen-{i}" for i in range(cl.num_engines)] + [f"learner-{i}" for i in range(cl.learner_ranks)]
+    return names + [f"judge-{i}" for i in range(cl.judge_engines)] + ["weight-sync"]
+
+
+def release_names(names: list[str]) -> None:
+    """Kill (without restart) every live actor that holds one of `names`, then wait until all are free."""
+    for name in names:
+        try:
+            ray.kill(ray.get_actor(name))
+        except ValueError:  # no such actor
+            continue
+    wait_names_free(names)
 
 
 def wait_names_free(names: list[str], timeout_s: float = 60.0) -> None:

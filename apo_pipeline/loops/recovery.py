@@ -24,10 +24,6 @@ log = logging.getLogger("apo_pipeline")
 C = TypeVar("C", bound=BaseJobConfig)
 
 
-class RunStopped(RuntimeError):
-    """The run stops on purpose (no restore helps); `str()` is the one line the job prints."""
-
-
 def record_failure(run_dir: Path, attempt: int, exc: BaseException) -> None:
     """Append {time, attempt, error, message} to `<run_dir>/failures.jsonl`."""
     line = {"time": time.time(), "attempt": attempt, "error": type(exc).__name__, "message": str(exc)[:2000]}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+VLLM_INFO = re.compile(r"INFO \d\d-\d\d \d\d:\d\d:\d\d \[")  # vLLM's log lines: "INFO 12-02 04:06:31 [core.py:133] ..."
 
 
 def events(run_dir: Path, kind: str) -> list[dict]:
@@ -128,7 +130,8 @@ APO_OVERRIDES = ("loop.epochs=3", "checkpoint.every_steps=1")
 def apo_straight(tmp_path_factory) -> Path:
     """An APO smoke run that is never stopped."""
     run_dir = tmp_path_factory.mktemp("straight") / "apo"
-    run_job("apo", run_dir, *APO_OVERRIDES)
+    proc = run_job("apo", run_dir, *APO_OVERRIDES)
+    (run_dir.parent / "terminal.txt").write_text(proc.stdout + proc.stderr)
     return run_dir
 
 
@@ -141,6 +144,29 @@ def test_apo_smoke_and_report(apo_straight):
     assert {"eval.png", "train.png", "stages.png", "dynamics.png", "report.md"} <= {p.name for p in written}
     assert all("dyn_pos_norm" in e and "dyn_neg_norm" in e for e in events(run_dir, "train"))
     assert all(p.is_file() and p.stat().st_size > 0 for p in written)
+
+
+def test_quiet_console_sends_library_output_to_actor_logs(apo_straight):
+    """By default the terminal shows the console (stage lines, one line per evaluation) and no vLLM,
+    DeepSpeed or Ray INFO line; those are in logs/<actor>.log and logs/driver.log."""
+    terminal = (apo_straight.parent / "terminal.txt").read_text()
+    assert "INFO" not in terminal and not VLLM_INFO.search(terminal) and "pid=" not in terminal, terminal[-3000:]
+    lines = terminal.splitlines()
+    assert lines[0] == f"apo: run directory {apo_straight} (logs: {apo_straight / 'logs'}/; apo-pipeline status {apo_straight})"
+    evals = [line for line in lines if line.startswith("eval ")]
+    assert [e.split("  ")[0] for e in evals] == ["eval start", "eval iteration 1/2", "eval iteration 2/2"]
+    assert all("reward " in e and "win-rate vs start " in e for e in evals)
+    assert any(re.match(r"\[iteration 2/2\] train  \d+ pairs  [\d.]+ pairs/s  in [\d.]+ s$", line) for line in lines)
+    assert lines[-1].startswith("apo: finished in ") and len(lines) < 60
+    logs = apo_straight / "logs"
+    assert {"driver.log", "gen-0.log", "judge-0.log", "learner-0.log", "weight-sync.log"} <= {p.name for p in logs.iterdir()}
+    assert VLLM_INFO.search((logs / "gen-0.log").read_text())
+    assert "Initializing a V1 LLM engine" in (logs / "gen-0.log").read_text()
+    assert "DeepSpeed" in (logs / "learner-0.log").read_text()
+    assert "Started a local Ray instance" in (logs / "driver.log").read_text()
+    status = subprocess.run([str(BIN / "apo-pipeline"), "status", str(apo_straight)], capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0 and status.stdout.startswith(f"{apo_straight}: finished ("), status.stdout
+    assert "iteration 2/2 done" in status.stdout and "failures        none" in status.stdout
 
 
 def test_apo_sppo_smoke_uses_win_rate_matrices(tmp_path):
@@ -158,10 +184,14 @@ def test_apo_sppo_smoke_uses_win_rate_matrices(tmp_path):
     assert all(len(w) == 2 and w[0] >= w[1] for w in pairs["win_probs"])
 
 
-def test_mcpo_smoke_with_random_negatives(tmp_path):
+def test_mcpo_smoke_with_random_negatives_and_a_verbose_console(tmp_path):
+    """`monitoring.console=verbose` brings every library line back to the terminal."""
     run_dir = tmp_path / "mcpo"
-    run_job("mcpo", run_dir, "algorithm.loss=rnce", "algorithm.num_negatives=2", "algorithm.negatives=random")
+    proc = run_job("mcpo", run_dir, "algorithm.loss=rnce", "algorithm.num_negatives=2", "algorithm.negatives=random",
+                   "monitoring.console=verbose")
     check_run_contract(run_dir, "iteration", rounds=1)
+    assert VLLM_INFO.search(proc.stdout + proc.stderr) and "(GenerationEngine pid=" in proc.stdout + proc.stderr
+    assert not (run_dir / "logs").exists()
 
 
 def final_weights(run_dir: Path) -> dict:
@@ -204,6 +234,9 @@ def test_apo_killed_at_several_points_resumes_exactly(apo_straight, tmp_path):
 
     kill_when(cmd, lambda start: ckpts.is_dir() and any(ckpts.glob(".tmp-*")), tmp_path / "1.log")
     assert not latest() or (ckpts / latest() / "manifest.json").is_file()
+    status = json.loads(subprocess.run([str(BIN / "apo-pipeline"), "status", "--json", str(run_dir)],
+                                       capture_output=True, text=True, timeout=60).stdout)
+    assert status["state"] == "stopped" and "ended without a word" in status["reason"]  # SIGKILLed: no end state written
     kill_when(cmd, lambda start: "_step_" in latest() and trained_since(start), tmp_path / "2.log")
     rollouts = run_dir / "iter_0001" / "rollouts.parquet"
     written = rollouts.stat().st_mtime_ns
