@@ -56,8 +56,8 @@ def dpo_gradient_decomposition(
     params = list(params)
     if target_grad is not None:
         target_grad = list(target_grad)
-        if [tuple(g.shape) for g in target_grad] != [tuple(p.shape) for p in params]:
-            raise ValueError("target_grad must hold one tensor per parameter, of the parameter's shape")
+        if len(target_grad) != len(params):
+            raise ValueError(f"target_grad must hold one tensor per parameter ({len(params)}), got {len(target_grad)}")
     with torch.no_grad():
         h = beta * ((chosen_logps - ref_chosen_logps) - (rejected_logps - ref_rejected_logps))
         weights = torch.sigmoid(-h)
@@ -99,13 +99,11 @@ def target_nll_gradient(params: Sequence[Tensor], target_logps: Sequence[Tensor]
     if num_tokens < 1:
         raise ValueError(f"target_nll_gradient: num_tokens must be >= 1, got {num_tokens}")
     params = list(params)
-    total = [torch.zeros_like(p) for p in params]
+    total: list[Tensor | None] = [None] * len(params)
     for chunk in target_logps:
         grads = torch.autograd.grad(-chunk.sum() / num_tokens, params, allow_unused=True)
-        for acc, g in zip(total, grads):
-            if g is not None:
-                acc.add_(g)
-    return total
+        total = [g if t is None else t if g is None else t + g for t, g in zip(total, grads)]
+    return [torch.zeros_like(p) if t is None else t for p, t in zip(params, total)]
 
 
 def _grads(objective: Tensor, params: list[Tensor]) -> list[Tensor]:
@@ -118,7 +116,15 @@ def _norm(tensors: list[Tensor]) -> float:
 
 
 def _dot(a: list[Tensor], b: list[Tensor]) -> float:
-    return float(sum((x.double() * y.double()).sum() for x, y in zip(a, b)))
+    """Sum of the elementwise products; a parameter outside one of the graphs is a zero placeholder
+    of the parameter's own shape (empty for a ZeRO-3 partition), which contributes nothing."""
+    total = 0.0
+    for x, y in zip(a, b):
+        if x.shape == y.shape:
+            total += float((x.double() * y.double()).sum())
+        elif x.count_nonzero() and y.count_nonzero():
+            raise ValueError(f"gradient shapes differ: {tuple(x.shape)} vs {tuple(y.shape)}")
+    return total
 
 
 def cdpo_weights(
