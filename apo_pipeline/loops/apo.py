@@ -47,13 +47,12 @@ def iteration_data(pipe: Pipeline, cfg: APOConfig, prompts: list[Any], t: int) -
 
 
 def evaluate_both(pipe: Pipeline, t: int, alpha: float, evaluate: bool) -> None:
-    """pihat_{t+1} (the trained weights) then theta_{t+1} (extrapolated), each synced into the
-    engines and, when `evaluate`, evaluated; the engines end with theta_{t+1}. alpha = 0 makes the
-    two the same weights: one sync, one evaluation, logged under both names."""
-    if alpha:
+    """When `evaluate`: pihat_{t+1} (the trained weights), then theta_{t+1} (extrapolated), each
+    synced into the engines and evaluated. The engines end with theta_{t+1} either way. alpha = 0
+    makes the two the same weights: one sync, one evaluation, logged under both names."""
+    if alpha and evaluate:
         pipe.sync(t)
-        if evaluate:
-            pipe.evaluate(t, HAT)
+        pipe.evaluate(t, HAT)
     pipe.learner.extrapolate(alpha)
     pipe.sync(t)
     if evaluate:
