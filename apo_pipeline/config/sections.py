@@ -90,7 +90,7 @@ class AlgorithmConfig(Section):
 
     loss: str = Field("dpo", description="a name of apo_pipeline.losses.list_losses(); OnMC-PO: rnce when unset and num_negatives > 1")
     beta: float = Field(0.1, gt=0.0, description="KL weight of the implicit reward beta*log(pi/pi_ref); also the MC kernel's")
-    loss_options: dict[str, float | bool] = Field(
+    loss_options: dict[str, float | bool | str] = Field(
         default_factory=dict, description="the loss's own options (docs/algorithms.md), e.g. {label_smoothing: 0.1}"
     )
     negatives: Literal["mc", "random", "max", "min"] = Field(
@@ -99,7 +99,18 @@ class AlgorithmConfig(Section):
     num_negatives: int = Field(1, ge=1, description="M negatives per prompt; pairwise losses average over the M pairs")
     mc_steps: int = Field(1, ge=1, description="MC chain length (docs/algorithms.md)")
     cdpo: tuple[int, int] | None = Field(None, description="(t1, t2) of the cDPO schedule, None = off")
-    dynamics_every: int = Field(0, ge=0, description="log POS/NEG gradient norms every N steps (0 = off)")
+    cdpo_shape: Literal["linear", "phases"] = Field(
+        "linear", description="cDPO between t1 and t2: `linear` cross-fade from POS only to NEG only, or `phases`: "
+        "no NEG before t1, plain DPO between, no POS from t2 (docs/algorithms.md)"
+    )
+    dynamics_every: int = Field(
+        0, ge=0, description="every N steps log the POS/NEG gradient norms, G against the last evaluation's greedy "
+        "responses and the loss share by weight tercile (0 = off; docs/algorithms.md)"
+    )
+    reference: Literal["initial", "round"] = Field(
+        "initial", description="OnMC-PO's pi_ref: the starting policy (`initial`, the MC-PO paper's instruct setup) or "
+        "each segment's start policy (`round`); APO always uses pi_t (docs/algorithms.md)"
+    )
 
 
 class LearnerConfig(Section):

@@ -14,7 +14,6 @@ engines (the prompt index is the caller's, carried by `EncodedPrompt.index`).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from apo_pipeline.engine.vllm_env import (
     llm_kwargs,
 )
 from apo_pipeline.rollout import Candidate, Rollout
+from apo_pipeline.seeds import derive_seed
 from apo_pipeline.task.synthetic import prompt_text
 
 if TYPE_CHECKING:
@@ -53,9 +53,8 @@ class EncodedPrompt:
 
 
 def request_seed(seed: int, prompt_index: int, temperature_index: int, sample_index: int) -> int:
-    """A 31-bit seed that depends only on its four arguments."""
-    key = f"{seed}/{prompt_index}/{temperature_index}/{sample_index}".encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 33
+    """The seed of one candidate request; depends only on its four arguments (`apo_pipeline.seeds`)."""
+    return derive_seed(seed, "request", prompt_index, temperature_index, sample_index)
 
 
 def encode_prompt(tokenizer: "PreTrainedTokenizerBase", prompt: Prompt) -> tuple[str, list[int]]:

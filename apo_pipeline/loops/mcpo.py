@@ -43,8 +43,10 @@ def builtin_dataset(pipe: Pipeline, cfg: MCPOConfig) -> list[TrainGroup]:
 
 
 def file_dataset(pipe: Pipeline, cfg: MCPOConfig) -> list[TrainGroup]:
-    """Read and tokenize a K-candidate dataset file (JSONL / Parquet / datasets dir)."""
-    rows, skipped = read_candidate_rows(cfg.loop.dataset, on_error=cfg.data.on_error)
+    """Read and tokenize a K-candidate dataset file (JSONL / Parquet / datasets dir) in loop.dataset_format."""
+    loop = cfg.loop
+    rows, skipped = read_candidate_rows(loop.dataset, on_error=cfg.data.on_error, fmt=loop.dataset_format,
+                                        columns=loop.dataset_columns, drop_ranks=tuple(loop.nectar_drop_ranks))
     if skipped:
         pipe.log.log("data", source="loop.dataset", skipped=skipped)
     return tokenize_rows(rows, AutoTokenizer.from_pretrained(pipe.model_dir))

@@ -28,11 +28,12 @@ from apo_pipeline.engine.weight_sync import WeightSync, bucket_bytes
 from apo_pipeline.loops.evaluation import Evaluator
 from apo_pipeline.loops.stop import RunStopped
 from apo_pipeline.loops.resume import ResumePoint, restore_latest, save_round
-from apo_pipeline.loops.schedule import step_batches
+from apo_pipeline.loops.schedule import epoch_steps, step_batches
 from apo_pipeline.monitoring import StageTimer, console, open_run_metrics
 from apo_pipeline.monitoring.actor_logs import actor_env
 from apo_pipeline.ranking import PromptRanking, WinRates
 from apo_pipeline.rollout import Rollout, TrainGroup
+from apo_pipeline.seeds import derive_seed
 from apo_pipeline.storage import (
     Comparison, Judgement, RunDir, create_run_dir, read_pairs, write_judgements, write_pairs, write_rollouts,
 )
@@ -44,9 +45,9 @@ log = logging.getLogger("apo_pipeline")
 TRAIN_FIELDS = {
     "loss": "loss", "margin": "margin", "accuracy": "accuracy", "rewards/chosen": "chosen_reward",
     "rewards/rejected": "rejected_reward", "lr": "lr", "grad_norm": "grad_norm", "mc/entropy": "mc_entropy",
-    "perf/pairs_per_s": "pairs_per_s", "perf/tokens_per_s": "tokens_per_s", "dyn/pos_norm": "dyn_pos_norm",
-    "dyn/neg_norm": "dyn_neg_norm", "dyn/weight_mean": "dyn_weight_mean",
-}
+    "perf/pairs_per_s": "pairs_per_s", "perf/tokens_per_s": "tokens_per_s", "bco/delta": "bco_delta",
+}  # and every dyn/<a>/<b> metric as dyn_<a>_<b> (the dynamics probe, see `train_fields`)
+REFERENCE = "reference"  # the learner's kept weights of pi_ref under `algorithm.reference: initial`
 
 JUDGE_BACKEND_COUNTS = ("scored", "retried", "overlong", "errors")
 JUDGE_SETUP = ("chat", "label_variant", "label_mass", "label_masses", "probes")
@@ -67,7 +68,7 @@ class Prompts:
 class Pipeline:
     """All actors of a run. `unit` is "segment" (OnMC-PO) or "iteration" (APO, MC-PO epochs)."""
 
-    def __init__(self, cfg: BaseJobConfig, run_dir: Path, unit: str, total_steps: int) -> None:
+    def __init__(self, cfg: BaseJobConfig, run_dir: Path, unit: str, total_steps: int | None) -> None:
         self.cfg = cfg
         self.unit = unit
         self.run: RunDir = create_run_dir(run_dir.parent, run_dir.name, cfg)
@@ -87,6 +88,8 @@ class Pipeline:
         llm_judge = cfg.judge.backend == "llm"
         judge_dir = str(resolve_model(cfg.judge.model, seed=cfg.seed, key="judge.model")) if llm_judge else None
         self.prompts = self._load_prompts()
+        # None: one pass over the train prompts (the MC-PO paper: steps = data / effective batch)
+        self.total_steps = total_steps or epoch_steps(len(self.prompts.train), self.batch_size, 1)
         self.reward_fn: Callable[[Any, str], float] | None = (
             load_reward_fn(cfg.judge.reward_fn) if cfg.judge.backend == "reward" else None
         )
@@ -107,7 +110,7 @@ class Pipeline:
         self.judge = Judge.options(**judge_opts, max_restarts=restarts, max_task_retries=restarts).remote(
             cfg.judge, cl, model_path=judge_dir, seed=cfg.seed)
         self.learner = LearnerGroup(cfg.model.model_copy(update={"path": str(self.model_dir)}), cfg.learner,
-                                    cfg.algorithm, self.placement, total_steps=total_steps, seed=cfg.seed)
+                                    cfg.algorithm, self.placement, total_steps=self.total_steps, seed=cfg.seed)
         self.weight_sync = WeightSync.options(**self.placement.options("weight-sync")).remote(self.pool)
         self.evaluator = Evaluator(self, cfg.eval, cfg.generation.max_tokens)
         self._judge_seen: dict[str, int] = {}
@@ -143,7 +146,7 @@ class Pipeline:
         gen = gen or self.cfg.generation
         self.round = index
         with self.timer.stage("generate", **{self.unit: index}) as st:
-            rollouts = self.pool.sample(prompts, gen, seed=self.cfg.seed * 1000 + index)
+            rollouts = self.pool.sample(prompts, gen, seed=derive_seed(self.cfg.seed, "generate", index))
             last = self.pool.metrics()["last"]
             st["tokens"] = last["tokens"]
         if last["skipped"] or last["truncated"]:
@@ -154,7 +157,8 @@ class Pipeline:
         """Iterative pairwise ranking (K-1 rounds) of every prompt's candidates by the judge."""
         with self.timer.stage("judge", **{self.unit: index}):
             result = ray.get(self.judge.rank.remote(
-                [r.judge_prompt for r in rollouts], [[c.text for c in r.candidates] for r in rollouts], self.cfg.seed + index))
+                [r.judge_prompt for r in rollouts], [[c.text for c in r.candidates] for r in rollouts],
+                derive_seed(self.cfg.seed, "rank-ties", index)))
         t = result.totals
         counts = self._log_judge(index, comparisons=t["comparisons"], asked=t["asked"], ties=t["ties"], failed=t["failures"],
                                  partial=t["partial_failures"], judge_calls=result.judge_calls)
@@ -193,10 +197,16 @@ class Pipeline:
         self.log.log("judge", **{self.unit: index}, **fields)
         return fields
 
-    def reference_logps(self, groups: list[TrainGroup], index: int) -> list[TrainGroup]:
-        """Store log pi_ref of every candidate with the data (pi_ref = the current policy)."""
+    def keep_reference(self) -> None:
+        """pi_ref := the current policy, kept by the learner (fp32, 1/W per rank) for `reference_logps`
+        and saved with every checkpoint (OnMC-PO with `algorithm.reference: initial`)."""
+        self.learner.keep_weights(REFERENCE)
+
+    def reference_logps(self, groups: list[TrainGroup], index: int, kept: bool = False) -> list[TrainGroup]:
+        """Store log pi_ref of every candidate with the data: pi_ref = the current policy (the round's
+        start), or with `kept` the weights of `keep_reference` (swapped in, never moved weights)."""
         with self.timer.stage("ref_logprobs", **{self.unit: index}) as st:
-            for group, logps in zip(groups, self.learner.compute_logps(groups)):
+            for group, logps in zip(groups, self.learner.compute_logps(groups, REFERENCE if kept else None)):
                 group.ref_logps = list(logps)
             st["pairs"] = len(groups)
         return groups
@@ -205,7 +215,7 @@ class Pipeline:
         """Optimizer steps `done_steps..steps-1` of round `index` over seeded batches of `groups`
         (`step`: the next global step); checkpoints every `checkpoint.every_steps` steps inside the
         round. Returns the next global step."""
-        batches = step_batches(len(groups), self.batch_size, steps, seed=self.cfg.seed * 7919 + index)
+        batches = step_batches(len(groups), self.batch_size, steps, seed=derive_seed(self.cfg.seed, "batches", index))
         first, every = step - done_steps, self.cfg.checkpoint.every_steps
         colocated = self.cfg.cluster.colocate
         if colocated:
@@ -214,7 +224,7 @@ class Pipeline:
             todo = range(done_steps, steps)
             for n in self.timer.progress(todo, desc=f"train {self.unit} {index}", total=len(todo)):
                 metrics = self.learner.train_step([groups[i] for i in batches[n]])
-                fields = {TRAIN_FIELDS[k]: v for k, v in metrics.items() if k in TRAIN_FIELDS}
+                fields = train_fields(metrics)
                 self.log.log("train", step=first + n, **{self.unit: index}, **fields)
                 if every and (n + 1) % every == 0 and n + 1 < steps:
                     self.checkpoint(index - 1, first + n + 1, round_steps=n + 1)
@@ -237,11 +247,12 @@ class Pipeline:
         every = self.cfg.eval.every
         return index == last or (every > 0 and index % every == 0)
 
-    def evaluate(self, index: int) -> dict[str, float]:
-        """Held-out reward and win-rate against the starting policy (index 0 = the start)."""
+    def evaluate(self, index: int, policy: str | None = None) -> dict[str, float]:
+        """Held-out reward and win-rate against the starting policy (index 0 = the start) of the
+        engines' weights; `policy` names them in the eval event (APO: "hat" / "extrapolated")."""
         self.round = index
         with self.timer.stage("eval", **{self.unit: index}):
-            return self.evaluator.run(index)
+            return self.evaluator.run(index, policy)
 
     def _resync_engines(self) -> None:
         """After a generation engine restarted: push the learner's current weights again."""
@@ -255,6 +266,7 @@ class Pipeline:
         discarded = self.log.rewind(state.metrics_lines if state else 0)
         if state is not None:
             self.consumed_prompts = state.consumed_prompts
+            self.evaluator.restore_targets(point.done)
             self.sync(point.done)
             self.log.log("resume", **{self.unit: point.done}, step=point.step, round_steps=point.round_steps,
                          discarded_lines=discarded)
@@ -296,9 +308,10 @@ class Pipeline:
         write_pairs(self.run.table_path("pairs", index, self.unit), groups)
         self.consumed_prompts += len(rollouts)
 
-    def export_final(self) -> Path:
-        """The final policy as an HF model directory `<run>/final/`."""
-        self.learner.export_hf(str(self.run.final_dir))
+    def export_final(self, weights: str | None = None) -> Path:
+        """The final policy as an HF model directory `<run>/final/`: the training weights, or the
+        learner's kept weights `weights` (APO: pihat_{T+1})."""
+        self.learner.export_hf(str(self.run.final_dir), weights)
         return self.run.final_dir
 
     def shutdown(self) -> None:
@@ -329,6 +342,13 @@ def release_names(names: list[str]) -> None:
         except ValueError:  # no such actor
             continue
     wait_names_free(names)
+
+
+def train_fields(metrics: dict[str, float]) -> dict[str, float]:
+    """A train step's metrics as train-event fields: TRAIN_FIELDS renamed, dyn/<a>/<b> as dyn_<a>_<b>."""
+    fields = {TRAIN_FIELDS[k]: v for k, v in metrics.items() if k in TRAIN_FIELDS}
+    fields.update({k.replace("/", "_"): v for k, v in metrics.items() if k.startswith("dyn/")})
+    return fields
 
 
 def wait_names_free(names: list[str], timeout_s: float = 60.0) -> None:

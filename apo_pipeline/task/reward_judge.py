@@ -8,8 +8,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from apo_pipeline.seeds import derive_seed
 from apo_pipeline.task.instructions import constraint_reward
-from apo_pipeline.task.synthetic import Prompt, latent_reward, stable_int
+from apo_pipeline.task.synthetic import Prompt, latent_reward
 
 RewardFn = Callable[[Prompt, str], float]
 JUDGE_MODES = ("prob", "sample")
@@ -88,7 +89,7 @@ class BradleyTerryRewardJudge:
             return None
         if self.mode == "prob":
             return p
-        u = np.random.default_rng(stable_int("judge", self.seed, prompt, a, b)).random()
+        u = np.random.default_rng(derive_seed(self.seed, "reward-judge", prompt, a, b)).random()
         return 1.0 if u < p else 0.0
 
     def compare_batch(self, items: Sequence[tuple[Prompt, str, str]]) -> list[float | None]:

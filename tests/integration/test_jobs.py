@@ -49,7 +49,8 @@ def check_run_contract(run_dir: Path, unit: str, rounds: int) -> None:
     from transformers import AutoModelForCausalLM
 
     evals = events(run_dir, "eval")
-    assert [e["iteration"] for e in evals] == list(range(rounds + 1))
+    for policy in {e.get("policy") for e in evals}:  # APO evaluates two policies per iteration
+        assert [e["iteration"] for e in evals if e.get("policy") == policy] == list(range(rounds + 1))
     assert all(isinstance(e["reward_mean"], float) and 0.0 <= e["win_rate"] <= 1.0 for e in evals)
     train = events(run_dir, "train")
     assert train and all(e["loss"] == e["loss"] for e in train)
@@ -136,12 +137,25 @@ def apo_straight(tmp_path_factory) -> Path:
 
 
 def test_apo_smoke_and_report(apo_straight):
+    """Both APO policies are evaluated every iteration, final/ is pihat_{T+1} (not the extrapolated
+    theta_{T+1} that the last checkpoint trains on), and the dynamics probe measures G against the
+    evaluations' greedy responses."""
     run_dir = apo_straight
     check_run_contract(run_dir, "iteration", rounds=2)
+    evals = events(run_dir, "eval")
+    assert [(e["iteration"], e["policy"]) for e in evals] == [
+        (0, "hat"), (0, "extrapolated"), (1, "hat"), (1, "extrapolated"), (2, "hat"), (2, "extrapolated")]
+    assert evals[0]["reward_mean"] == evals[1]["reward_mean"]  # the start: one policy, logged twice
+    theta = load_file(run_dir / "checkpoints" / "iteration_0002" / "hf" / "model.safetensors")
+    pihat = final_weights(run_dir)
+    assert theta.keys() == pihat.keys() and any(not (theta[k] == pihat[k]).all() for k in theta)
+    assert all((run_dir / f"iter_{i:04d}" / "eval_targets.parquet").is_file() for i in range(3))
+    assert all(isinstance(e.get("dyn_G_total"), float) and "dyn_top_loss_share" in e for e in events(run_dir, "train"))
     proc = subprocess.run([str(BIN / "apo-pipeline"), "report", str(run_dir)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     written = [Path(line) for line in proc.stdout.split()]
     assert {"eval.png", "train.png", "stages.png", "dynamics.png", "report.md"} <= {p.name for p in written}
+    assert "mean reward (sampled, hat)" in (run_dir / "report" / "report.md").read_text()
     assert all("dyn_pos_norm" in e and "dyn_neg_norm" in e for e in events(run_dir, "train"))
     assert all(p.is_file() and p.stat().st_size > 0 for p in written)
 
@@ -194,9 +208,13 @@ def test_mcpo_smoke_with_random_negatives_and_a_verbose_console(tmp_path):
     assert not (run_dir / "logs").exists()
 
 
-def final_weights(run_dir: Path) -> dict:
-    from safetensors.torch import load_file
+def load_file(path: Path) -> dict:
+    from safetensors.torch import load_file as load
 
+    return load(path)
+
+
+def final_weights(run_dir: Path) -> dict:
     return load_file(run_dir / "final" / "model.safetensors")
 
 
@@ -252,7 +270,9 @@ def test_apo_killed_at_several_points_resumes_exactly(apo_straight, tmp_path):
     resumed_w, straight_w = final_weights(run_dir), final_weights(apo_straight)
     assert resumed_w.keys() == straight_w.keys()
     assert max(float((resumed_w[k] - straight_w[k]).abs().max()) for k in resumed_w) <= 1e-6
-    for kind, field in (("eval", "reward_mean"), ("eval", "win_rate"), ("train", "loss"), ("train", "step")):
+    # dyn_G_total: a resumed run measures G against the same D' (the stored evaluation targets)
+    for kind, field in (("eval", "reward_mean"), ("eval", "win_rate"), ("eval", "policy"), ("train", "loss"),
+                        ("train", "step"), ("train", "dyn_G_total")):
         assert [e[field] for e in events(run_dir, kind)] == [e[field] for e in events(apo_straight, kind)], field
 
 
@@ -277,4 +297,6 @@ def test_onmcpo_restores_every_actor_after_a_learner_rank_dies(tmp_path):
     assert [f["attempt"] for f in failures] == [0] and "Actor" in failures[0]["error"]
     assert [e["segment"] for e in events(run_dir, "resume")] == [1]
     assert events(run_dir, "actors")[-1]["learner-0"] != first["learner-0"]
+    # pi_ref = the starting policy (algorithm.reference: initial): kept in every checkpoint, restored
+    assert all((c / "ds" / "kept_reference_rank0_of1.pt").is_file() for c in (run_dir / "checkpoints").glob("segment_*"))
     check_run_contract(run_dir, "segment", rounds=2)
