@@ -29,11 +29,14 @@ def _bundle(cpus: float, gpus: float) -> dict[str, float]:
 class Placement:
     """Placement groups for one pipeline. Call `create()` once, `options(role, i)` per actor.
 
-    Groups are named `<prefix>-<role>-<i>`; give each pipeline of one Ray session its own prefix."""
+    Groups are named `<prefix>-<role>-<i>`; give each pipeline of one Ray session its own prefix.
+    Actors keep their dashboard names (`gen-0`, ...); a second pipeline in the same Ray session also
+    needs its own Ray `namespace` for them."""
 
     cluster: ClusterConfig
     llm_judge: bool = False
     prefix: str = "apo"
+    namespace: str | None = None
     groups: dict[str, list[PlacementGroup]] = field(default_factory=dict)
 
     def _specs(self) -> dict[str, list[list[dict[str, float]]]]:
@@ -68,6 +71,8 @@ class Placement:
         name = role if role == "weight-sync" else f"{role}-{index}"
         # The actor's name in its runtime env: its output goes to <run>/logs/<name>.log (monitoring.actor_logs).
         opts: dict = {"name": name, "num_cpus": c.cpus_per_actor, "runtime_env": actor_env(name, **(env_vars or {}))}
+        if self.namespace is not None:
+            opts["namespace"] = self.namespace
         if role == "weight-sync":
             opts["num_cpus"] = 0
             return opts

@@ -58,7 +58,7 @@ def evaluate_both(pipe: Pipeline, t: int, alpha: float, evaluate: bool) -> None:
     if evaluate:
         fields = pipe.evaluate(t, EXTRAPOLATED)
         if not alpha:
-            pipe.log.log("eval", **{**fields, "policy": HAT})
+            pipe.log.log("eval", **{**fields, "policy": HAT, "same_as": EXTRAPOLATED})
 
 
 def run(cfg: APOConfig, run_dir: Path) -> Path:
@@ -69,7 +69,7 @@ def run(cfg: APOConfig, run_dir: Path) -> Path:
         at = pipe.resume()
         if at.fresh:
             start = pipe.evaluate(0, HAT)  # theta_1 = pihat_1: one evaluation, both names
-            pipe.log.log("eval", **{**start, "policy": EXTRAPOLATED})
+            pipe.log.log("eval", **{**start, "policy": EXTRAPOLATED, "same_as": HAT})
             pipe.learner.snapshot_weights()
         chunks = split_segments(pipe.prompts.train, T)
         step = at.step

@@ -75,8 +75,9 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def eval_summary(record: dict[str, Any], where: str) -> str:
-    """`eval segment 2/3  reward 0.661 (greedy 0.793)  win-rate vs start 0.58 (greedy 0.71)`."""
-    parts = [f"eval {where}"]
+    """`eval segment 2/3  reward 0.661 (greedy 0.793)  win-rate vs start 0.58 (greedy 0.71)`; APO's
+    evaluations name their policy after the place: `eval iteration 1/2  hat  reward ...`."""
+    parts = [f"eval {where}"] + ([record["policy"]] if isinstance(record.get("policy"), str) else [])
     if "reward_mean" in record:
         greedy = f" (greedy {_fmt(record['reward_greedy'])})" if "reward_greedy" in record else ""
         parts.append(f"reward {_fmt(record['reward_mean'])}{greedy}")
@@ -253,7 +254,7 @@ class Console:
 
     # -- Tracker of MetricsLogger ------------------------------------------------------------------
     def log(self, event: str, record: dict[str, Any], numeric: dict[str, float]) -> None:
-        if event == "eval":
+        if event == "eval" and not record.get("same_as"):  # a copy logged under a second name
             self.line(eval_summary(record, self.where(record) or "?"))
         elif event == "train" and self._stack:
             with self._lock:

@@ -168,7 +168,9 @@ def test_quiet_console_sends_library_output_to_actor_logs(apo_straight):
     lines = terminal.splitlines()
     assert lines[0] == f"apo: run directory {apo_straight} (logs: {apo_straight / 'logs'}/; apo-pipeline status {apo_straight})"
     evals = [line for line in lines if line.startswith("eval ")]
-    assert [e.split("  ")[0] for e in evals] == ["eval start", "eval iteration 1/2", "eval iteration 2/2"]
+    assert [tuple(e.split("  ")[:2]) for e in evals] == [  # APO: both policies, the start once
+        ("eval start", "hat"), ("eval iteration 1/2", "hat"), ("eval iteration 1/2", "extrapolated"),
+        ("eval iteration 2/2", "hat"), ("eval iteration 2/2", "extrapolated")]
     assert all("reward " in e and "win-rate vs start " in e for e in evals)
     assert any(re.match(r"\[iteration 2/2\] train  \d+ pairs  [\d.]+ pairs/s  in [\d.]+ s$", line) for line in lines)
     assert lines[-1].startswith("apo: finished in ") and len(lines) < 60

