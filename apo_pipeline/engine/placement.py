@@ -2,7 +2,7 @@
 
 Roles and names (what the Ray dashboard shows): `gen-<i>`, `judge-<i>`, `learner-<i>`, `weight-sync`.
 One placement group per role (per engine for generation / judge engines, since each may span
-TP GPUs). With `colocate`, generation engines share the learner's bundles (time-sharing; vLLM
+TP GPUs); the reward judge (`llm_judge=False`) takes no bundle. With `colocate`, generation engines share the learner's bundles (time-sharing; vLLM
 sleep mode on GPU) and take a fraction of each GPU.
 """
 
@@ -66,7 +66,7 @@ class Placement:
         c = self.cluster
         name = role if role == "weight-sync" else f"{role}-{index}"
         opts: dict = {"name": name, "num_cpus": c.cpus_per_actor}
-        if role == "weight-sync":
+        if role == "weight-sync" or (role == "judge" and not self.llm_judge):  # the reward judge needs no bundle
             opts["num_cpus"] = 0
             return opts
         if role == "gen" and c.colocate:
