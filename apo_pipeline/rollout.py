@@ -23,12 +23,22 @@ class Candidate:
 
 @dataclass
 class Rollout:
-    """One prompt and its candidates, in the order the pool returned them (grouped by temperature)."""
+    """One prompt and its candidates, in the order the pool returned them (grouped by temperature).
+
+    `prompt` is the text the policy saw (a conversation rendered with its chat template);
+    `instruction` is the prompt as written (a conversation's last user message), what judges and
+    rewards read (`judge_prompt`). `instruction` is not stored in tables ("" after a reload)."""
 
     prompt: str
     prompt_ids: list[int]
     candidates: list[Candidate]
     prompt_index: int = -1
+    instruction: str = ""
+
+    @property
+    def judge_prompt(self) -> str:
+        """The prompt as the judge and the reward see it: `instruction`, else `prompt`."""
+        return self.instruction or self.prompt
 
 
 @dataclass

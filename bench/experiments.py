@@ -1,13 +1,15 @@
 """Run the algorithm experiments of `bench/experiment_specs.py` over several seeds and aggregate them.
 
-    python bench/experiments.py [--only NAME ...] [--seeds 0 1 2] [--out bench/experiments] [--dry-run] [--resume]
+    python bench/experiments.py [--only NAME ...] [--seeds 0 1 2 3 4] [--out bench/experiments] [--dry-run] [--resume]
 
 Each run is `python jobs/<job>.py --run-dir <out>/<experiment>/<variant>/seed<k> ...` (its output in
 `job.log` there), one after the other. Runs whose `final/` exists are skipped, so re-running
 continues a batch; an unfinished run directory is continued from its checkpoint only with
-`--resume`. Afterwards `<out>/results.json` and `<out>/results.md` hold, per variant and iteration,
-the mean and sample std over seeds of the eval metrics, and `apo-pipeline compare` overlays one
-seed of each experiment's variants under `<out>/<experiment>/plots/`.
+`--resume`. Afterwards `<out>/results.json` and `<out>/results.md` hold, per variant (and eval
+policy) and iteration, the mean and sample std over seeds of the eval metrics, the MC kernel's
+entropy per round, and the experiment's paired comparisons (same seeds in both arms: the mean
+per-seed difference of the final values and its 95% t interval, `paired_stats.py`);
+`apo-pipeline compare` overlays one seed of each experiment's variants under `<out>/<experiment>/plots/`.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from experiment_specs import EXPERIMENTS, SCALES, Experiment, Variant
+from experiment_specs import DEFAULT_SEEDS, EXPERIMENTS, SCALES, Experiment, Variant
+from paired_stats import CONFIDENCE, paired_difference
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL_KEYS = ("reward_mean", "win_rate", "reward_greedy")
+PAIRED_KEYS = ("reward_mean", "reward_greedy", "win_rate")  # compared at each run's last evaluation
 LAST_STEPS = 10  # train metrics are averaged over each run's last LAST_STEPS optimizer steps
 RUN_TIMEOUT_S = 1800  # a run takes minutes; this only stops a hung one
 Event = dict[str, Any]
@@ -75,10 +79,18 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def eval_curve(events: Sequence[Event], key: str) -> dict[int, float]:
-    """{iteration: value} of `key` in the eval events (the last event of an iteration wins)."""
+def eval_curve(events: Sequence[Event], key: str, policy: str | None = None) -> dict[int, float]:
+    """{iteration: value} of `key` in the eval events (of `policy` when given; the last event of an
+    iteration wins)."""
     return {int(e["iteration"]): float(e[key]) for e in events
-            if e.get("event") == "eval" and _number(e.get("iteration")) and _number(e.get(key))}
+            if e.get("event") == "eval" and _number(e.get("iteration")) and _number(e.get(key))
+            and (policy is None or e.get("policy") == policy)}
+
+
+def final_values(runs: Mapping[str, Sequence[Event]], key: str, policy: str | None = None) -> dict[str, float]:
+    """{seed: `key` at the run's last evaluated iteration} over the runs that logged it."""
+    curves = {seed: eval_curve(events, key, policy) for seed, events in runs.items()}
+    return {seed: curve[max(curve)] for seed, curve in curves.items() if curve}
 
 
 def last_steps_mean(events: Sequence[Event], key: str, last: int = LAST_STEPS) -> float | None:
@@ -89,10 +101,13 @@ def last_steps_mean(events: Sequence[Event], key: str, last: int = LAST_STEPS) -
     return statistics.fmean(tail) if tail else None
 
 
-def summarize_variant(runs: Mapping[str, Sequence[Event]]) -> dict[str, Any]:
-    """Per eval key and iteration the stats over the runs (seeds) that logged it; `runs` counts
-    the runs with any eval event, `expected` all given; train metrics over the last steps."""
-    curves = {key: [eval_curve(events, key) for events in runs.values()] for key in EVAL_KEYS}
+def summarize_variant(runs: Mapping[str, Sequence[Event]], policy: str | None = None) -> dict[str, Any]:
+    """Per eval key and iteration the stats over the runs (seeds) that logged it (eval lines of
+    `policy` when given); `runs` counts the runs with any eval event, `expected` all given; train
+    metrics over the last steps; the MC kernel's entropy per round (mean over the round's steps)."""
+    from apo_pipeline.report.plots import round_means
+
+    curves = {key: [eval_curve(events, key, policy) for events in runs.values()] for key in EVAL_KEYS}
     iterations = sorted({i for cs in curves.values() for c in cs for i in c})
     out: dict[str, Any] = {
         "expected": len(runs),
@@ -104,7 +119,24 @@ def summarize_variant(runs: Mapping[str, Sequence[Event]]) -> dict[str, Any]:
     for key in ("chosen_reward", "loss"):
         values = [v for events in runs.values() if (v := last_steps_mean(events, key)) is not None]
         out[f"{key}_last_steps"] = stats(values)
+    entropy = [round_means(events, "mc_entropy") for events in runs.values()]
+    out["mc_entropy_by_round"] = {r: stats([e[r] for e in entropy if r in e]) for r in sorted({r for e in entropy for r in e})}
     return out
+
+
+def paired(by_variant: Mapping[str, Mapping[str, Sequence[Event]]], spec: Experiment) -> list[dict[str, Any]]:
+    """The experiment's paired comparisons: per (label, baseline) and eval key, the mean per-seed
+    difference of the final values over the seeds both ran, with its t interval."""
+    rows = []
+    for label, baseline in spec.paired:
+        finals = []
+        for side in (label, baseline):
+            name, policy = spec.split(side)
+            finals.append({key: final_values(by_variant.get(name, {}), key, policy) for key in PAIRED_KEYS})
+        for key in PAIRED_KEYS:
+            rows.append({"variant": label, "baseline": baseline, "metric": key,
+                         **paired_difference(finals[0][key], finals[1][key])})
+    return rows
 
 
 def mean_curve(variant: Mapping[str, Any], key: str = "reward_mean") -> dict[int, float]:
@@ -141,8 +173,10 @@ def summarize(runs: Mapping[str, Sequence[Event]], experiments: Mapping[str, Exp
     out = {}
     for exp, by_variant in grouped.items():
         spec = experiments[exp]
-        variants = {v.name: summarize_variant(by_variant.get(v.name, {})) for v in spec.variants}
-        out[exp] = {"description": spec.description, "variants": variants, "reach": reach(variants, spec.reach)}
+        variants = {label: summarize_variant(by_variant.get(spec.split(label)[0], {}), spec.split(label)[1])
+                    for label in spec.labels}
+        out[exp] = {"description": spec.description, "variants": variants, "reach": reach(variants, spec.reach),
+                    "paired": paired(by_variant, spec)}
     return out
 
 
@@ -151,6 +185,25 @@ def _cell(s: Mapping[str, Any], runs: int) -> str:
         return "-"
     text = f"{s['mean']:.3f}" + (f" ± {s['std']:.3f}" if s["std"] is not None else "")
     return text + (f" (n={s['n']})" if s["n"] != runs else "")
+
+
+def _signed(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.3f}"
+
+
+def paired_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The paired comparisons as a Markdown table (an empty list without any)."""
+    if not rows:
+        return []
+    lines = ["", f"Paired differences (variant - baseline, same seeds; final evaluation; "
+                 f"{CONFIDENCE:.0%} t interval over seeds; resolved = the interval excludes 0):", "",
+             "| variant | baseline | metric | seeds | mean difference | 95% interval | resolved |", "|" + " --- |" * 7]
+    for r in rows:
+        interval = "-" if r["low"] is None else f"[{r['low']:+.3f}, {r['high']:+.3f}]"
+        resolved = {None: "-", True: "yes", False: "no"}[r["resolved"]]
+        lines.append(f"| {r['variant']} | {r['baseline']} | {r['metric']} | {r['n']} | {_signed(r['mean'])} | "
+                     f"{interval} | {resolved} |")
+    return lines
 
 
 def markdown(summary: Mapping[str, Any], env: Mapping[str, Any]) -> str:
@@ -187,6 +240,17 @@ def markdown(summary: Mapping[str, Any], env: Mapping[str, Any]) -> str:
                 needs = ["not reached" if r[k] is None else str(r[k])
                          for k in ("variant_iterations", "baseline_iterations")]
                 lines.append(f"| {r['variant']} | {r['baseline']} | {target} | {needs[0]} | {needs[1]} |")
+        lines += paired_lines(result.get("paired", []))
+        entropy = {name: v["mc_entropy_by_round"] for name, v in variants.items() if v.get("mc_entropy_by_round")}
+        if entropy:
+            lines += ["", "MC kernel entropy (nats) per round, mean over the round's steps, mean ± std over seeds:", "",
+                      "| variant | " + " | ".join(f"round {r}" for r in sorted({r for e in entropy.values() for r in e}))
+                      + " |"]
+            rounds = sorted({r for e in entropy.values() for r in e})
+            lines.append("|" + " --- |" * (len(rounds) + 1))
+            for name, by_round in entropy.items():
+                cells = [_cell(by_round[r], by_round[r]["n"]) if r in by_round else "-" for r in rounds]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -278,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", nargs="+", choices=list(EXPERIMENTS), default=list(EXPERIMENTS), metavar="NAME",
                    help=f"experiments to run (default: all of {', '.join(EXPERIMENTS)})")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS))
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "experiments")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--resume", action="store_true", help="continue unfinished run directories from their checkpoints")

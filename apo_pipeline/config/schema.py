@@ -75,6 +75,10 @@ def _check_common(cfg: BaseJobConfig) -> None:
     for key in cfg.algorithm.loss_options:
         if key not in allowed:
             _fail(f"algorithm.loss_options.{key}", f"not an option of {cfg.algorithm.loss!r} (it takes: {', '.join(allowed) or 'none'})")
+    if "bco_delta" in cfg.algorithm.loss_options:
+        _fail("algorithm.loss_options.bco_delta", "BCO's delta is the running mean of the implicit rewards, kept by "
+              "the learner (docs/algorithms.md); remove the key")
+    _check_loss_options(cfg)
     m = cfg.algorithm.num_negatives
     if m > k - 1:
         _fail("algorithm.num_negatives", f"{m} negatives but only K-1 = {k - 1} non-preferred candidates")
@@ -108,6 +112,22 @@ def _check_common(cfg: BaseJobConfig) -> None:
             )
 
 
+def _check_loss_options(cfg: BaseJobConfig) -> None:
+    """The loss's own checks of algorithm.loss_options (ranges, choices), run on a one-pair batch now
+    rather than at the first training step."""
+    import torch
+
+    from apo_pipeline.losses import preference_loss
+
+    zero, one = torch.zeros(1), torch.ones(1)
+    runtime = {"bco_delta": 0.0} if cfg.algorithm.loss == "bco" else {}  # passed by the learner
+    try:
+        preference_loss(cfg.algorithm.loss, zero, zero, zero, zero, beta=cfg.algorithm.beta, chosen_lengths=one,
+                        rejected_lengths=one, **runtime, **cfg.algorithm.loss_options)
+    except ValueError as exc:
+        _fail("algorithm.loss_options", str(exc))
+
+
 def _placement_cpus(cfg: BaseJobConfig) -> float:
     """Logical CPUs the placement groups reserve (engine/placement.py): one bundle of
     cluster.cpus_per_actor per learner rank, generation TP rank (unless colocated) and llm-judge TP rank."""
@@ -122,7 +142,10 @@ class OnMCPOLoop(Section):
     """Batched online MC-PO: total_steps split into `segments`, data regenerated at each segment start."""
 
     segments: int = Field(3, ge=1)
-    total_steps: int = Field(60, ge=1)
+    total_steps: int | None = Field(
+        None, ge=1, description="optimizer steps over all segments; None = one pass over the prompts "
+        "(ceil(data.num_prompts / effective batch)), as the MC-PO paper computes them"
+    )
 
 
 class APOLoop(Section):
@@ -143,8 +166,30 @@ class MCPOLoop(Section):
     """Offline MC-PO over a dataset with K candidates per prompt and a preferred index."""
 
     dataset: str = "builtin"
+    dataset_format: Literal["candidates", "nectar", "trl", "ultrafeedback"] = Field(
+        "candidates", description="the file's shape: {prompt, candidates, preferred}, Nectar ranked answers, TRL "
+        "{prompt, chosen, rejected} (plain or conversational) or UltraFeedback scored completions (docs/algorithms.md)"
+    )
+    dataset_columns: dict[str, str] = Field(
+        default_factory=dict, description="rename the format's fields, {field: the file's column}, e.g. {prompt: question}"
+    )
+    nectar_drop_ranks: list[int] = Field(
+        default_factory=lambda: [2], description="nectar: ranks removed before training (the MC-PO paper drops rank 2)"
+    )
     epochs: int = Field(1, ge=1)
     builtin_prompts: int = Field(64, ge=1, description="prompts of data.prompts the `builtin` dataset is sampled from")
+
+    @model_validator(mode="after")
+    def _columns(self) -> "MCPOLoop":
+        from apo_pipeline.loops.dataset_formats import column_names
+
+        try:
+            column_names(self.dataset_format, self.dataset_columns)
+        except ValueError as exc:
+            raise ValueError(f"dataset_columns.{exc}") from None
+        if 1 in self.nectar_drop_ranks:
+            raise ValueError("nectar_drop_ranks: rank 1 is the preferred answer; it cannot be dropped")
+        return self
 
 
 class OnMCPOConfig(BaseJobConfig):
@@ -170,6 +215,10 @@ class APOConfig(BaseJobConfig):
     def _apo_loss(self) -> "APOConfig":
         if self.algorithm.loss not in ("dpo", "ipo", "sppo"):
             raise ValueError(f"algorithm.loss: iterative APO takes dpo, ipo or sppo, not {self.algorithm.loss!r}")
+        if self.algorithm.reference != "round":  # the seed's loss is against pi_t, the iteration's start policy
+            if "reference" in self.algorithm.model_fields_set:
+                raise ValueError("algorithm.reference: iterative APO's reference is pi_t (the iteration's start); use round")
+            self.algorithm = self.algorithm.model_copy(update={"reference": "round"})
         return self
 
 

@@ -17,9 +17,13 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    """The policy. `builtin:tiny` builds the local tiny Qwen2 model; anything else is an HF model directory."""
+    """The policy. `builtin:tiny` builds the local tiny Qwen2 model; `builtin:smollm2` / `gguf:PATH` convert a GGUF
+    file once into an HF directory under .cache/ (docs/models.md); anything else is an HF model directory."""
 
-    path: str = Field("builtin:tiny", description="`builtin:tiny` or a local HF model directory (never downloaded)")
+    path: str = Field(
+        "builtin:tiny",
+        description="`builtin:tiny`, `builtin:smollm2` (needs `make smollm2`), `gguf:PATH` or a local HF model directory (never downloaded)",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_model_len: int = Field(128, ge=8)
     trust_remote_code: bool = False
@@ -28,12 +32,15 @@ class ModelConfig(Section):
 class DataConfig(Section):
     """Prompt sources: `builtin`, a JSONL file (`prompt` field), a Parquet file or a `datasets` directory."""
 
-    prompts: str = Field("builtin", description="`builtin`, a .jsonl / .parquet file or a datasets directory")
+    prompts: str = Field(
+        "builtin",
+        description="`builtin` (digit reversal), `builtin:instructions` (real-text constraints), a .jsonl / .parquet file or a datasets directory",
+    )
     eval_prompts: str = "builtin"
     num_prompts: int | None = Field(64, ge=1, description="train prompts used (None = all)")
     num_eval_prompts: int = Field(32, ge=1)
     on_error: Literal["raise", "skip"] = Field("raise", description="a malformed prompt row: stop naming file and row, or skip and count")
-    chat: bool = Field(False, description="apply the tokenizer's chat template to prompts")
+    chat: bool = Field(False, description="send plain-text prompts to the policy as a user turn of its tokenizer's chat template")
     max_prompt_tokens: int = Field(64, ge=1)
     overlong: Literal["skip", "truncate"] = Field("skip", description="prompts over max_prompt_tokens: skipped or left-truncated (counted)")
 
@@ -55,17 +62,24 @@ class JudgeConfig(Section):
     """`reward`: Bradley-Terry over a reward function; `llm`: an instruct model read through label log-probs."""
 
     backend: Literal["reward", "llm"] = Field("reward", description="`reward`: Bradley-Terry over reward_fn; `llm`: judge.model on vLLM")
-    reward_fn: str = Field("builtin", description="`builtin` (the task's r*) or `module:function`")
+    reward_fn: str = Field(
+        "builtin", description="`builtin` (the synthetic task's r*), `builtin:constraints` (fraction of the prompt's constraints met) or `module:function`"
+    )
     bt_scale: float = Field(8.0, gt=0.0, description="logit scale of r* differences")
     mode: Literal["prob", "sample"] = Field(
         "prob", description="reward judge: the exact P(a>b), or a seeded Bernoulli draw of it (a noisy, human-like judge)"
     )
-    model: str | None = None
+    model: str | None = Field(None, description="the llm judge's model: an HF directory, `builtin:smollm2` or `gguf:PATH`")
+    chat: bool | None = Field(
+        None, description="render each comparison as a user turn of the judge tokenizer's chat template; None = when it has one"
+    )
     template: str = (
         "Which response answers the prompt better?\nPrompt: {prompt}\n"
         "Response A: {a}\nResponse B: {b}\nAnswer with A or B. Answer:"
     )
-    labels: tuple[str, str] = ("A", "B")
+    labels: tuple[str, str] = Field(
+        ("A", "B"), description="verdict tokens for a / b; the judge probes them with and without a leading space at start-up"
+    )
     both_orders: bool = True
     max_retries: int = Field(1, ge=0)
     max_model_len: int = Field(512, ge=16)
@@ -79,7 +93,7 @@ class AlgorithmConfig(Section):
 
     loss: str = Field("dpo", description="a name of apo_pipeline.losses.list_losses(); OnMC-PO: rnce when unset and num_negatives > 1")
     beta: float = Field(0.1, gt=0.0, description="KL weight of the implicit reward beta*log(pi/pi_ref); also the MC kernel's")
-    loss_options: dict[str, float | bool] = Field(
+    loss_options: dict[str, float | bool | str] = Field(
         default_factory=dict, description="the loss's own options (docs/algorithms.md), e.g. {label_smoothing: 0.1}"
     )
     negatives: Literal["mc", "random", "max", "min"] = Field(
@@ -88,7 +102,18 @@ class AlgorithmConfig(Section):
     num_negatives: int = Field(1, ge=1, description="M negatives per prompt; pairwise losses average over the M pairs")
     mc_steps: int = Field(1, ge=1, description="MC chain length (docs/algorithms.md)")
     cdpo: tuple[int, int] | None = Field(None, description="(t1, t2) of the cDPO schedule, None = off")
-    dynamics_every: int = Field(0, ge=0, description="log POS/NEG gradient norms every N steps (0 = off)")
+    cdpo_shape: Literal["linear", "phases"] = Field(
+        "linear", description="cDPO between t1 and t2: `linear` cross-fade from POS only to NEG only, or `phases`: "
+        "no NEG before t1, plain DPO between, no POS from t2 (docs/algorithms.md)"
+    )
+    dynamics_every: int = Field(
+        0, ge=0, description="every N steps log the POS/NEG gradient norms, G against the last evaluation's greedy "
+        "responses and the loss share by weight tercile (0 = off; docs/algorithms.md)"
+    )
+    reference: Literal["initial", "round"] = Field(
+        "initial", description="OnMC-PO's pi_ref: the starting policy (`initial`, the MC-PO paper's instruct setup) or "
+        "each segment's start policy (`round`); APO always uses pi_t (docs/algorithms.md)"
+    )
 
 
 class LearnerConfig(Section):
@@ -155,8 +180,18 @@ class FaultConfig(Section):
 
 
 class MonitoringConfig(Section):
-    """Where metrics go besides metrics.jsonl."""
+    """Where metrics go besides metrics.jsonl, and what the terminal shows."""
 
     ray_metrics: bool = True
     tensorboard: bool = False
     progress: bool = True
+    console: Literal["quiet", "verbose"] = Field(
+        "quiet",
+        description="quiet: vLLM / DeepSpeed / Ray output goes to <run>/logs/<actor>.log and the terminal shows a "
+        "live progress line per stage and a line per evaluation; verbose: everything on the terminal",
+    )
+    wandb: bool = Field(False, description="also log to Weights & Biases (needs the `wandb` extra)")
+    wandb_mode: Literal["offline", "online"] = Field(
+        "offline", description="offline: files under <run>/wandb, uploaded later with `wandb sync`; online needs a login"
+    )
+    wandb_project: str = "apo-pipeline"

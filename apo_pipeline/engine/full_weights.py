@@ -86,6 +86,23 @@ def snapshot_masters(module: torch.nn.Module) -> dict[str, Tensor]:
     return owned
 
 
+def write_masters_(module: torch.nn.Module, owned: dict[str, Tensor]) -> None:
+    """Set every weight (fp32 master and parameter) to a kept copy: the owner of each weight (see
+    `owner_of`) broadcasts it from `owned`, its share of a `snapshot_masters` result; every rank
+    writes it. Values round-trip exactly (fp32 in, fp32 out)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    for index, (name, param) in enumerate(module.named_parameters()):
+        owner = owner_of(index, world)
+        if owner == rank:
+            if name not in owned:
+                raise KeyError(f"no kept copy of {name!r} on rank {rank}")
+            value = owned[name].to(param.device, torch.float32, copy=True)
+        else:
+            value = torch.empty(full_shape(param), dtype=torch.float32, device=param.device)
+        dist.broadcast(value, src=owner)
+        set_full_weight_(param, value)
+
+
 def extrapolate_masters_(module: torch.nn.Module, previous: dict[str, Tensor], alpha: float) -> dict[str, Tensor]:
     """APO: w <- w + alpha (w - previous) on every full master weight and parameter.
 

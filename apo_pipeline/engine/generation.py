@@ -14,7 +14,6 @@ engines (the prompt index is the caller's, carried by `EncodedPrompt.index`).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +28,8 @@ from apo_pipeline.engine.vllm_env import (
     llm_kwargs,
 )
 from apo_pipeline.rollout import Candidate, Rollout
+from apo_pipeline.seeds import derive_seed
+from apo_pipeline.task.synthetic import prompt_text
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -40,17 +41,18 @@ Prompt = str | list[Message]
 
 @dataclass
 class EncodedPrompt:
-    """A prompt ready for the engine: `index` in the caller's list, rendered `text`, `token_ids`."""
+    """A prompt ready for the engine: `index` in the caller's list, rendered `text`, `token_ids`,
+    and the `instruction` as written (a conversation's last user message)."""
 
     index: int
     text: str
     token_ids: list[int]
+    instruction: str = ""
 
 
 def request_seed(seed: int, prompt_index: int, temperature_index: int, sample_index: int) -> int:
-    """A 31-bit seed that depends only on its four arguments."""
-    key = f"{seed}/{prompt_index}/{temperature_index}/{sample_index}".encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 33
+    """The seed of one candidate request; depends only on its four arguments (`apo_pipeline.seeds`)."""
+    return derive_seed(seed, "request", prompt_index, temperature_index, sample_index)
 
 
 def encode_prompt(tokenizer: "PreTrainedTokenizerBase", prompt: Prompt) -> tuple[str, list[int]]:
@@ -104,7 +106,7 @@ class GenerationEngine:
         return [self._encode(p, start_index + i) for i, p in enumerate(prompts)]
 
     def _encode(self, prompt: Prompt, index: int) -> EncodedPrompt:
-        return EncodedPrompt(index, *encode_prompt(self.tokenizer, prompt))
+        return EncodedPrompt(index, *encode_prompt(self.tokenizer, prompt), instruction=prompt_text(prompt))
 
     def _as_encoded(self, prompts: list[Prompt | EncodedPrompt]) -> list[EncodedPrompt]:
         return [p if isinstance(p, EncodedPrompt) else self._encode(p, i) for i, p in enumerate(prompts)]
@@ -165,7 +167,7 @@ class GenerationEngine:
             c = out.outputs[0]
             ids = list(c.token_ids)
             candidates.append(Candidate(ids, c.text, str(c.finish_reason), summed_logprob(ids, c.logprobs), t))
-        return Rollout(prompt.text, prompt.token_ids, candidates, prompt.index)
+        return Rollout(prompt.text, prompt.token_ids, candidates, prompt.index, prompt.instruction)
 
     def sleep(self, level: int = 1) -> bool:
         """vLLM sleep mode (GPU, colocated): frees the KV cache (level 1 also offloads weights).

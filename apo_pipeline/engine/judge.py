@@ -37,7 +37,7 @@ class Judge:
         *,
         model_path: str | None = None,
         top_logprobs: int = 20,
-        chat: bool = False,
+        chat: bool | None = None,
         seed: int = 0,
     ) -> None:
         self.both_orders = judge.both_orders
@@ -95,6 +95,14 @@ class Judge:
         return dict(metrics() if callable(metrics) else {}, **self.stats)
 
 
+def count_delta(now: dict[str, Any], seen: dict[str, Any]) -> dict[str, float]:
+    """Increments since `seen` of the counters (numbers) in `now`; a counter below its last value
+    restarted from 0 (the judge was restarted), so all of it is new. Other entries (the llm
+    judge's start-up choices) are left out."""
+    counters = {k: v for k, v in now.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: v - seen.get(k, 0) if v >= seen.get(k, 0) else v for k, v in counters.items()}
+
+
 class JudgeMeter:
     """Ray metrics of one judge actor, tagged `judge=<name>`: counters `apo_judge_worker_comparisons`,
     `apo_judge_worker_prompt_tokens`, `apo_judge_worker_prefix_cache_hits`; gauges (of the last
@@ -120,7 +128,7 @@ class JudgeMeter:
 
     def report(self, before: dict[str, Any], after: dict[str, Any]) -> None:
         """Add one call's counts (`after` - `before`, two `Judge.metrics()`) and set its rates."""
-        delta = {k: after[k] - before.get(k, 0) for k in after}
+        delta = count_delta(after, before)
         for key, counter in self.counters.items():
             if delta.get(key, 0) > 0:
                 counter.inc(delta[key], tags=self.tags)

@@ -25,7 +25,7 @@ from typing import Any
 from ray.actor import ActorHandle
 
 from apo_pipeline.config.sections import ClusterConfig, JudgeConfig
-from apo_pipeline.engine.judge import Comparison, Judge
+from apo_pipeline.engine.judge import Comparison, Judge, count_delta
 from apo_pipeline.engine.placement import Placement
 from apo_pipeline.engine.worker_group import WorkerGroup, gather, group_spread, spread
 from apo_pipeline.ranking import RankingResult, WinRates
@@ -60,12 +60,6 @@ def judge_options(placement: Placement, num_judges: int) -> list[dict[str, Any]]
     return [placement.options("judge", i) for i in range(num_judges)]
 
 
-def count_delta(now: dict[str, float], seen: dict[str, float]) -> dict[str, float]:
-    """Counter increments since `seen`; a counter below its last value restarted from 0 (the judge
-    was restarted), so all of it is new."""
-    return {k: v - seen.get(k, 0) if v >= seen.get(k, 0) else v for k, v in now.items()}
-
-
 class JudgePool:
     """`cluster.judge_engines` judges placed by `placement` (`reward`: no bundle; `llm`: each on its
     own `judge_tp` bundles); `rank`, `win_rates` and `compare_batch` sharded over them."""
@@ -97,7 +91,7 @@ class JudgePool:
             restart_timeout_s=restart_timeout_s,
         )
         self.group.on_restart = self._on_restart
-        self._seen: list[dict[str, float]] = [{} for _ in self.judges]
+        self._seen: list[dict[str, Any]] = self.group.call("metrics")  # start-up work (label probes) is not counted
         self.seconds = 0.0  # wall seconds of calls since the last `take_counts`
 
     @property

@@ -56,7 +56,7 @@ class LearnerGroup:
         env = {} if cluster.use_gpu else {"DS_ACCELERATOR": "cpu"}
         self.group = WorkerGroup(
             ray.remote(LearnerWorker),
-            [{**placement.options("learner", i), "runtime_env": {"env_vars": env}} for i in range(self.world_size)],
+            [placement.options("learner", i, env_vars=env) for i in range(self.world_size)],
             model,
             learner,
             use_gpu=cluster.use_gpu,
@@ -88,8 +88,11 @@ class LearnerGroup:
         """Call `method(*args)` on every rank at once; the results in rank order."""
         return self.group.call(method, *args)
 
-    def compute_logps(self, items: Sequence[TrainGroup] | Sequences) -> list[list[float]] | list[float]:
-        """Per-sequence summed log-probs (nats) under the current policy, without gradient.
+    def compute_logps(
+        self, items: Sequence[TrainGroup] | Sequences, weights: str | None = None
+    ) -> list[list[float]] | list[float]:
+        """Per-sequence summed log-probs (nats) without gradient, under the current policy or, with
+        `weights`, under those kept weights (`keep_weights`; swapped in and out on the ranks).
 
         `items`: TrainGroups (-> one list of K values per group, candidate order) or
         (prompt_ids, response_ids) pairs (-> one value per pair). Input order is kept.
@@ -101,7 +104,8 @@ class LearnerGroup:
                 raise ValueError(f"sequence {i}: empty {'prompt' if not prompt else 'response'} token ids")
         shards = shard_indices([len(p) + len(r) for p, r in pairs], self.world_size)
         results = self.group.call_each(
-            "compute_logps", [([pairs[i][0] for i in shard], [pairs[i][1] for i in shard]) for shard in shards]
+            "compute_logps",
+            [([pairs[i][0] for i in shard], [pairs[i][1] for i in shard], weights) for shard in shards],
         )
         flat = gather(shards, results, len(pairs))
         if not groups:
@@ -132,6 +136,19 @@ class LearnerGroup:
         `reset_optimizer`, a fresh AdamW state."""
         self._all("new_iteration", total_steps, reset_optimizer)
 
+    def keep_weights(self, name: str) -> None:
+        """Keep the current weights under `name` (fp32 on CPU, 1/W per rank) for `compute_logps` /
+        `export_hf`; checkpoints hold every kept set."""
+        self._all("keep_weights", name)
+
+    def drop_weights(self, name: str) -> None:
+        """Forget the kept weights `name`."""
+        self._all("drop_weights", name)
+
+    def set_dynamics_targets(self, pairs: Sequences) -> None:
+        """D' of the gradient-dynamics probe: (prompt_ids, response_ids) pairs, sent to every rank."""
+        self._all("set_dynamics_targets", [p for p, _ in pairs], [r for _, r in pairs])
+
     def snapshot_weights(self) -> None:
         """Keep the current fp32 master weights on CPU (spread over the ranks) as thetahat_t."""
         self._all("snapshot_weights")
@@ -142,16 +159,17 @@ class LearnerGroup:
 
     def save_checkpoint(self, directory: str, tag: str, client_state: dict | None = None) -> None:
         """DeepSpeed checkpoint `directory/tag`: every ZeRO shard, optimizer, scheduler, `client_state`
-        (JSON-like), and the APO snapshot when one is held."""
+        (JSON-like), the learner state (BCO's running delta) and every kept weight set."""
         self._all("save_checkpoint", directory, tag, client_state or {})
 
     def load_checkpoint(self, directory: str, tag: str) -> dict:
         """Restore `directory/tag`; returns the client state saved with it."""
         return self._all("load_checkpoint", directory, tag)[0]
 
-    def export_hf(self, directory: str) -> None:
-        """An HF model directory (safetensors of the full weights, config, tokenizer) at `directory`."""
-        self._all("export_hf", directory)
+    def export_hf(self, directory: str, weights: str | None = None) -> None:
+        """An HF model directory (safetensors of the full weights, config, tokenizer) at `directory`:
+        the training weights, or the kept weights `weights`."""
+        self._all("export_hf", directory, weights)
 
     def weight_buckets(self, bucket_bytes: int) -> list[ray.ObjectRef]:
         """Refs of `weight_sync.PackedBucket`s (owned by rank 0) holding every parameter once, in order;

@@ -5,6 +5,8 @@ method except `node_ip` / `free_port` is a collective: the group calls it on all
 each with its own shard of the data. Forward passes are kept in lockstep (ZeRO-3 gathers the
 parameters in every forward): a rank with fewer micro-batches than the others runs dummy ones.
 Reference log-probs arrive with the data (`TrainGroup.ref_logps`); no reference model is held.
+Reference weights are kept as named fp32 copies (`engine.weight_sets`), swapped in for the no-grad
+passes that need them (`compute_logps(..., weights="reference")`).
 """
 
 from __future__ import annotations
@@ -27,29 +29,34 @@ from torch import Tensor
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from apo_pipeline.config.sections import AlgorithmConfig, LearnerConfig, ModelConfig
-from apo_pipeline.dynamics import dpo_gradient_decomposition
 from apo_pipeline.engine.batching import MicroBatch, collate, make_micro_batches, sequence_logps
 from apo_pipeline.engine.ds_config import deepspeed_config, lr_scheduler_factory, training_dtype
-from apo_pipeline.engine.full_weights import extrapolate_masters_, gathered_buckets, snapshot_masters
+from apo_pipeline.engine.dynamics_probe import DynamicsTargets, make_targets, probe
+from apo_pipeline.engine.full_weights import extrapolate_masters_, gathered_buckets
 from apo_pipeline.engine.preference_batch import (
     PreferenceBatch,
     batch_loss,
+    batch_reward_sum,
     choose_negatives,
     has_refs,
     needs_policy_logps,
     preference_batches,
 )
+from apo_pipeline.engine.weight_sets import WeightSets
 from apo_pipeline.engine.weight_sync import PackedBucket, pack_bucket
+from apo_pipeline.losses.running_mean import RunningMean
 from apo_pipeline.rollout import TrainGroup
+from apo_pipeline.seeds import derive_seed
 
 EXPORT_BUCKET_BYTES = 256 << 20
-SNAPSHOT_FILE = "apo_snapshot_rank{rank}_of{world}.pt"
 CLIENT_STATE_KEY = "apo_client_state"  # DeepSpeed returns its own entries beside the caller's
+LEARNER_STATE_KEY = "apo_learner_state"  # the learner's own state (BCO's running delta), same on every rank
+THETAHAT = "thetahat"  # APO's kept pre-extrapolation weights, thetahat_t (see `extrapolate`)
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
     """The MC kernel's seed at optimizer step `step` on `rank` (independent streams per pair)."""
-    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return derive_seed(seed, "mc-kernel", step, rank)
 
 
 @dataclass
@@ -83,7 +90,8 @@ class LearnerWorker:
         self.total_steps = total_steps
         self.seed = seed
         self.logp_batch_size = logp_batch_size
-        self.previous: dict[str, Tensor] | None = None
+        self.bco = RunningMean()
+        self.targets: DynamicsTargets | None = None
 
     def node_ip(self) -> str:
         return ray.util.get_node_ip_address()
@@ -124,6 +132,7 @@ class LearnerWorker:
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
         self.dummy = collate([[self.pad_id]], [[self.pad_id]], [0], self.pad_id)
         self.keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.weights = WeightSets(self.engine.module)
         return time.perf_counter() - start
 
     # ---- forward passes -------------------------------------------------------------------
@@ -147,14 +156,17 @@ class LearnerWorker:
             inputs["logits_to_keep"] = batch.logits_to_keep
         return sequence_logps(model(**inputs).logits, batch)
 
-    def compute_logps(self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]) -> list[float]:
-        """log pi(response | prompt) summed over response tokens (nats), in input order, no gradient."""
+    def compute_logps(
+        self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], weights: str | None = None
+    ) -> list[float]:
+        """log pi(response | prompt) summed over response tokens (nats), in input order, no gradient;
+        under the kept weights `weights` (e.g. "reference") when given, else the training weights."""
         batches = make_micro_batches(
             prompts, responses, self.logp_batch_size, self.pad_id, sort=self.learner.length_buckets
         )
         out = torch.zeros(len(prompts))
         self.engine.module.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self.weights.using(weights):
             for batch in self._lockstep(batches):
                 logps = self._logps(self.engine.module, batch or self.dummy)
                 if batch is not None:
@@ -201,6 +213,7 @@ class LearnerWorker:
             self.engine.backward(loss, scale_wrt_gas=False)
         unreduced_norm = self._module_grad_norm() if self.learner.zero_stage == 0 else None
         self.engine.step()
+        self.weights.changed()
         norm = self.engine.get_global_grad_norm()
         report.grad_norm = float(norm if norm is not None else unreduced_norm)
         return report
@@ -219,14 +232,30 @@ class LearnerWorker:
         total_groups: int,
         report: StepReport,
     ) -> Tensor:
-        """The loss to backpropagate for one micro-batch (0 x a dummy forward for None)."""
+        """The loss to backpropagate for one micro-batch (0 x a dummy forward for None). BCO: the
+        micro-batch's rewards are folded into the running delta first (every rank, in the same
+        order as the forward, so the collectives stay in lockstep)."""
+        bco = algorithm.loss == "bco"
         if batch is None:
-            return self._logps(self.engine, self.dummy).sum() * 0.0
-        out = batch_loss(batch, self._logps(self.engine, batch.micro), algorithm, step)
+            loss = self._logps(self.engine, self.dummy).sum() * 0.0
+            if bco:
+                self._bco_delta(0.0, 0)
+            return loss
+        logps = self._logps(self.engine, batch.micro)
+        extra = {"bco_delta": self._bco_delta(*batch_reward_sum(batch, logps, algorithm.beta))} if bco else {}
+        out = batch_loss(batch, logps, algorithm, step, extra)
         report.tokens += batch.micro.num_tokens
-        for key, value in out.metrics.items():
+        metrics = {**out.metrics, **({"bco/delta": extra["bco_delta"]} if bco else {})}
+        for key, value in metrics.items():
             report.sums[key] = report.sums.get(key, 0.0) + value * batch.num_groups
         return out.loss * (batch.num_groups * self.world_size / total_groups)
+
+    def _bco_delta(self, total: float, count: int) -> float:
+        """BCO's delta: fold this rank's reward sum and count (all ranks summed) into the running
+        mean of every implicit reward seen so far, and return it (TRL BCOTrainer's order)."""
+        both = torch.tensor([float(total), float(count)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(both, op=dist.ReduceOp.SUM)
+        return self.bco.update(float(both[0]), int(both[1]))
 
     def _all_ranks(self, value: float, op: dist.ReduceOp) -> float:
         tensor = torch.tensor([float(value)], device=self.device)
@@ -242,21 +271,13 @@ class LearnerWorker:
         return bool(self._all_ranks(ready, dist.ReduceOp.MIN))
 
     def _dynamics(self, batch: PreferenceBatch, algorithm: AlgorithmConfig) -> dict[str, float]:
-        """POS / NEG / total DPO gradient norms on this rank's first micro-batch (apo_pipeline.dynamics).
+        """POS / NEG / TOT gradient norms, G against D' and loss shares on this rank's first
+        micro-batch (`engine.dynamics_probe`)."""
+        return probe(self.engine.module, self._logps, batch, algorithm.beta, self.targets, self.device)
 
-        Runs the module outside the engine (its gradient hooks stay out of these extra backward
-        passes); holds two full gradient copies at a time.
-        """
-        chosen, rejected = batch.split(self._logps(self.engine.module, batch.micro))
-        params = [p for p in self.engine.module.parameters() if p.requires_grad]
-        return dpo_gradient_decomposition(
-            params,
-            chosen,
-            rejected,
-            batch.ref_chosen.to(self.device),
-            batch.ref_rejected.squeeze(1).to(self.device),
-            algorithm.beta,
-        )
+    def set_dynamics_targets(self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]) -> None:
+        """D' of the dynamics probe: (prompt, response) token ids, the same on every rank."""
+        self.targets = make_targets(prompts, responses, self.logp_batch_size, self.pad_id)
 
     def new_iteration(self, total_steps: int, reset_optimizer: bool) -> None:
         """Restart the learning-rate schedule (warm-up included) over `total_steps`; with
@@ -274,16 +295,26 @@ class LearnerWorker:
 
     # ---- weights --------------------------------------------------------------------------
 
+    def keep_weights(self, name: str) -> None:
+        """Keep this rank's share of the current fp32 master weights on CPU under `name`."""
+        self.weights.keep(name)
+
+    def drop_weights(self, name: str) -> None:
+        """Forget the kept weights `name`."""
+        self.weights.drop(name)
+
     def snapshot_weights(self) -> None:
-        """Keep this rank's share of the fp32 master weights on CPU (thetahat_t of APO)."""
-        self.previous = snapshot_masters(self.engine.module)
+        """Keep the current weights as APO's thetahat_t (kept weights `thetahat`)."""
+        self.weights.keep(THETAHAT)
 
     def extrapolate(self, alpha: float) -> None:
         """APO: theta = thetahat + alpha (thetahat - snapshot) on parameters and fp32 masters; the
-        pre-extrapolation weights become the snapshot of the next call."""
-        if self.previous is None:
+        pre-extrapolation weights (thetahat_{t+1}) become the kept `thetahat` of the next call."""
+        if THETAHAT not in self.weights:
             raise RuntimeError("extrapolate: no snapshot; call snapshot_weights() at the start of the first iteration")
-        self.previous = extrapolate_masters_(self.engine.module, self.previous, alpha)
+        before = self.weights.version
+        self.weights.put(THETAHAT, extrapolate_masters_(self.engine.module, self.weights.take(THETAHAT), alpha), before)
+        self.weights.changed()
 
     def weight_buckets(self, bucket_bytes: int) -> list[ray.ObjectRef]:
         """Rank 0: refs of `PackedBucket`s covering every parameter once; other ranks join the gathers, return []."""
@@ -314,12 +345,14 @@ class LearnerWorker:
         """Ranks > 0 during `stream_weight_buckets` on rank 0: join each bucket's gather; returns the count."""
         return sum(1 for _ in gathered_buckets(self.engine.module, bucket_bytes))
 
-    def export_hf(self, directory: str) -> None:
-        """Rank 0 writes the full weights (safetensors, model dtype), config and tokenizer to `directory`."""
+    def export_hf(self, directory: str, weights: str | None = None) -> None:
+        """Rank 0 writes the full weights (safetensors, model dtype), config and tokenizer to `directory`;
+        the kept weights `weights` (e.g. APO's "thetahat") when given, else the training weights."""
         state = {}
-        for bucket in gathered_buckets(self.engine.module, EXPORT_BUCKET_BYTES):
-            if self.rank == 0:
-                state.update({name: t.detach().to("cpu", copy=True) for name, t in bucket.items()})
+        with self.weights.using(weights):
+            for bucket in gathered_buckets(self.engine.module, EXPORT_BUCKET_BYTES):
+                if self.rank == 0:
+                    state.update({name: t.detach().to("cpu", copy=True) for name, t in bucket.items()})
         if self.rank == 0:
             self.engine.module.save_pretrained(directory, state_dict=state)
             self.tokenizer.save_pretrained(directory)
@@ -328,23 +361,23 @@ class LearnerWorker:
     # ---- checkpoints ----------------------------------------------------------------------
 
     def save_checkpoint(self, directory: str, tag: str, client_state: dict) -> None:
-        """DeepSpeed checkpoint `directory/tag` (every ZeRO shard, optimizer, scheduler, `client_state`),
-        plus this rank's APO snapshot when there is one."""
+        """DeepSpeed checkpoint `directory/tag` (every ZeRO shard, optimizer, scheduler, `client_state`,
+        the learner's own state), plus this rank's share of every kept weight set."""
+        learner_state = {"bco": self.bco.state()}
         self.engine.save_checkpoint(
-            directory, tag=tag, client_state={CLIENT_STATE_KEY: client_state}, save_latest=False
+            directory, tag=tag, client_state={CLIENT_STATE_KEY: client_state, LEARNER_STATE_KEY: learner_state},
+            save_latest=False,
         )
-        if self.previous is not None:
-            torch.save(self.previous, self._snapshot_path(directory, tag))
+        self.weights.save(Path(directory) / tag, self.rank, self.world_size)
         dist.barrier()
 
     def load_checkpoint(self, directory: str, tag: str) -> dict:
-        """Restore `directory/tag` (and the APO snapshot if it holds one); returns the client state."""
+        """Restore `directory/tag` (with the kept weight sets and the learner state it holds);
+        returns the client state."""
         path, client_state = self.engine.load_checkpoint(directory, tag=tag)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} under {directory}")
-        snapshot = self._snapshot_path(directory, tag)
-        self.previous = torch.load(snapshot, map_location="cpu", weights_only=True) if snapshot.is_file() else None
+        self.weights.changed()
+        self.weights.load(Path(directory) / tag, self.rank, self.world_size)
+        self.bco = RunningMean.from_state(client_state.get(LEARNER_STATE_KEY, {}).get("bco"))
         return client_state[CLIENT_STATE_KEY]
-
-    def _snapshot_path(self, directory: str, tag: str) -> Path:
-        return Path(directory) / tag / SNAPSHOT_FILE.format(rank=self.rank, world=self.world_size)

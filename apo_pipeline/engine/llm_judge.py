@@ -1,8 +1,12 @@
 """The `llm` judge backend: an instruct model on its own vLLM engine read through label log-probs.
 
 Each comparison (prompt, a, b) is rendered with `JudgeConfig.template` ({prompt}, {a}, {b}; as
-the user turn of the model's chat template when `chat`), and the engine returns the top
-`top_logprobs` next-token log-probs. With l_a, l_b the log-probs of the two label tokens,
+the user turn of the judge tokenizer's chat template when `judge.chat`, which defaults to "when the
+tokenizer has one", independent of the policy's `data.chat`), and the engine returns the top
+`top_logprobs` next-token log-probs. The label tokens are the spelling of `judge.labels` (with or
+without a leading space) that the judge actually predicts: probed at start-up on a few rendered
+comparisons (engine/judge_labels.py), logged, and reported by `metrics()`. With l_a, l_b the
+log-probs of the two label tokens,
 P(a beats b) = exp(l_a) / (exp(l_a) + exp(l_b)). A label missing from the top-k is given the
 smallest top-k log-prob (an upper bound of its own); a reply with neither label in the top-k,
 or a failed engine call, is asked again up to `max_retries` times and then returned as None
@@ -19,14 +23,12 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from apo_pipeline.config.sections import ClusterConfig, JudgeConfig
 from apo_pipeline.engine.generation import encode_prompt
+from apo_pipeline.engine.judge_labels import choose_variant, label_variants, probe_items
 from apo_pipeline.engine.vllm_env import build_llm, llm_kwargs
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 Comparison = tuple[str, str, str]
@@ -39,22 +41,6 @@ VLLM_COUNTERS = {
     "vllm:prefix_cache_queries": "prefix_cache_queries",
     "vllm:prefix_cache_hits": "prefix_cache_hits",
 }
-
-
-def label_token_ids(tokenizer: "PreTrainedTokenizerBase", labels: tuple[str, str]) -> tuple[int, int]:
-    """The token id of each label; ValueError unless both are single, distinct, known tokens."""
-    ids = []
-    for label in labels:
-        tokens = tokenizer.encode(label, add_special_tokens=False)
-        if len(tokens) != 1 or tokens[0] == tokenizer.unk_token_id:
-            raise ValueError(
-                f"judge.labels: {label!r} is {len(tokens)} token(s) {tokens} under the judge's tokenizer; "
-                "each label must be exactly one known token (try a shorter label or one with a leading space)"
-            )
-        ids.append(tokens[0])
-    if ids[0] == ids[1]:
-        raise ValueError(f"judge.labels: {labels} map to the same token {ids[0]}")
-    return ids[0], ids[1]
 
 
 def verdict(top: dict[int, float], label_ids: tuple[int, int]) -> float | None:
@@ -77,15 +63,16 @@ class LLMJudgeBackend:
         cluster: ClusterConfig,
         *,
         top_logprobs: int = 20,
-        chat: bool = False,
+        chat: bool | None = None,
         seed: int = 0,
     ) -> None:
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.label_ids = label_token_ids(self.tokenizer, judge.labels)
+        self.variants = label_variants(self.tokenizer, judge.labels)
         self.template = judge.template
-        self.chat = chat
+        chat = judge.chat if chat is None else chat
+        self.chat = bool(self.tokenizer.chat_template) if chat is None else chat
         self.max_retries = judge.max_retries
         self.max_model_len = judge.max_model_len
         self.top_logprobs = top_logprobs
@@ -103,6 +90,21 @@ class LLMJudgeBackend:
         )
         self.llm = build_llm(self.engine_kwargs)
         self.counts = {"asked": 0, "scored": 0, "retried": 0, "failed": 0, "overlong": 0, "errors": 0, "calls": 0}
+        self.label_ids, self.setup = self._probe_labels()
+
+    def _probe_labels(self) -> tuple[tuple[int, int], dict[str, Any]]:
+        """Pick the label spelling whose tokens carry the most probability on the probe comparisons."""
+        encoded = [ids for ids in map(self.encode, probe_items()) if len(ids) < self.max_model_len]
+        tops = self._top_logprobs(encoded) if encoded else []
+        variant, masses = choose_variant(self.variants, tops)
+        setup = {"chat": self.chat, "label_variant": variant.name, "label_mass": masses[variant.name],
+                 "label_masses": masses, "probes": len(tops)}
+        log.info("judge labels %s (probability mass on %d probes: %s), chat template %s",
+                 variant.name, len(tops), ", ".join(f"{k} {v:.3f}" for k, v in masses.items()), "on" if self.chat else "off")
+        if masses[variant.name] < 0.1:
+            log.warning("the judge's labels carry only %.3f of the probability on the probes: most comparisons will "
+                        "fail (check judge.template / judge.labels / judge.chat)", masses[variant.name])
+        return variant.ids, setup
 
     def encode(self, item: Comparison) -> list[int]:
         """Token ids of one rendered comparison."""
@@ -133,28 +135,31 @@ class LLMJudgeBackend:
 
     def _score(self, prompts: list[list[int]]) -> list[float | None]:
         """One generate call: a verdict per prompt (all None if the call raised)."""
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
-        params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=self.top_logprobs)
         self.counts["calls"] += 1
         try:
-            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+            tops = self._top_logprobs(prompts)
         except Exception as err:  # an engine failure is a failed round of comparisons, retried
             self.counts["errors"] += 1
             log.warning("judge generate call failed for %d comparisons: %s", len(prompts), err)
             return [None] * len(prompts)
-        return [
-            verdict({tok: lp.logprob for tok, lp in out.outputs[0].logprobs[0].items()}, self.label_ids)
-            for out in outputs
-        ]
+        return [verdict(top, self.label_ids) for top in tops]
+
+    def _top_logprobs(self, prompts: list[list[int]]) -> list[dict[int, float]]:
+        """One greedy one-token generate call: the top-k {token id: log-prob} at the verdict position."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=self.top_logprobs)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        return [{tok: lp.logprob for tok, lp in out.outputs[0].logprobs[0].items()} for out in outputs]
 
     def metrics(self) -> dict[str, Any]:
-        """Counts: asked, scored, retried, failed (returned None), overlong, errors, calls; and
-        vLLM's own counters since start (`LLM.get_metrics`): prompt_tokens, prefix_cache_queries
-        and prefix_cache_hits (tokens looked up in / found in the prefix cache)."""
+        """Counts (asked, scored, retried, failed = returned None, overlong, errors, calls), the
+        start-up choices (chat, label_variant, label_mass, label_masses, probes), and vLLM's own
+        counters since start (`LLM.get_metrics`): prompt_tokens, prefix_cache_queries and
+        prefix_cache_hits (tokens looked up in / found in the prefix cache)."""
         engine = dict.fromkeys(VLLM_COUNTERS.values(), 0)
         for metric in self.llm.get_metrics():
             if metric.name in VLLM_COUNTERS:
                 engine[VLLM_COUNTERS[metric.name]] += int(metric.value)
-        return dict(self.counts, **engine)
+        return {**self.counts, **self.setup, **engine}

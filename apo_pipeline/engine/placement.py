@@ -15,6 +15,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from apo_pipeline.config.sections import ClusterConfig
+from apo_pipeline.monitoring.actor_logs import actor_env
 
 ROLES = ("gen", "judge", "learner", "weight-sync")
 COLOCATED_GPU_SHARE = 0.4
@@ -59,13 +60,14 @@ class Placement:
                 )
         return self
 
-    def options(self, role: str, index: int = 0) -> dict:
-        """Keyword arguments for `ActorClass.options(...)` of actor `role`-`index`."""
+    def options(self, role: str, index: int = 0, env_vars: dict[str, str] | None = None) -> dict:
+        """Keyword arguments for `ActorClass.options(...)` of actor `role`-`index` (`env_vars`: its own)."""
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}; one of {ROLES}")
         c = self.cluster
         name = role if role == "weight-sync" else f"{role}-{index}"
-        opts: dict = {"name": name, "num_cpus": c.cpus_per_actor}
+        # The actor's name in its runtime env: its output goes to <run>/logs/<name>.log (monitoring.actor_logs).
+        opts: dict = {"name": name, "num_cpus": c.cpus_per_actor, "runtime_env": actor_env(name, **(env_vars or {}))}
         if role == "weight-sync" or (role == "judge" and not self.llm_judge):  # the reward judge needs no bundle
             opts["num_cpus"] = 0
             return opts

@@ -174,11 +174,23 @@ def _batch(groups: Sequence[TrainGroup], picks: list[list[int]], chunk: list[int
     return PreferenceBatch(micro, len(picks[chunk[0]]) - 1, *at_picks("ref_logps"), *at_picks("win_probs"))
 
 
-def batch_loss(batch: PreferenceBatch, logps: Tensor, algorithm: AlgorithmConfig, step: int) -> LossOutput:
+def batch_reward_sum(batch: PreferenceBatch, logps: Tensor, beta: float) -> tuple[float, int]:
+    """Sum and count of the implicit rewards beta (log pi - log pi_ref) of every chosen and rejected
+    row of `batch` (policy log-probs `logps` [B * (1 + M)]); BCO's running delta is their mean."""
+    chosen, rejected = batch.split(logps.detach().float().cpu())
+    ref_rejected = batch.rejected_side(batch.ref_rejected)
+    rewards = torch.cat([(chosen - batch.ref_chosen).flatten(), (rejected - ref_rejected).flatten()])
+    return float(beta * rewards.sum()), rewards.numel()
+
+
+def batch_loss(
+    batch: PreferenceBatch, logps: Tensor, algorithm: AlgorithmConfig, step: int, extra: dict | None = None
+) -> LossOutput:
     """`preference_loss` of `algorithm.loss` on policy log-probs `logps` [B * (1 + M)] of `batch`.
 
     Passes the token counts, the SPPO win probabilities (when the loss takes them and the groups
-    carry them), the cDPO weights of `step` (when `algorithm.cdpo` is set) and `algorithm.loss_options`.
+    carry them), the cDPO weights of `step` (when `algorithm.cdpo` is set), `algorithm.loss_options`
+    and the learner's `extra` options (BCO's running `bco_delta`).
     """
     device = logps.device
 
@@ -195,8 +207,9 @@ def batch_loss(batch: PreferenceBatch, logps: Tensor, algorithm: AlgorithmConfig
         options["win_prob_chosen"] = chosen_side(batch.win_chosen)
         options["win_prob_rejected"] = rejected_side(batch.win_rejected)
     if algorithm.cdpo is not None:
-        options["pos_weight"], options["neg_weight"] = cdpo_weights(step, *algorithm.cdpo)
+        options["pos_weight"], options["neg_weight"] = cdpo_weights(step, *algorithm.cdpo, shape=algorithm.cdpo_shape)
     options.update(algorithm.loss_options)
+    options.update(extra or {})
     return preference_loss(
         algorithm.loss,
         chosen,

@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from vllm import LLM
 
 GIB = 1 << 30
+# vLLM's CPU default of concurrent sequences per engine (LLM class). The CPU token budget per step is
+# raised to CPU_MAX_NUM_SEQS * max_model_len so that no prefill is ever split: on CPU a split prefill
+# of a seeded request crashes vLLM 0.32 ("CPU Generator does not use offset", when it rewinds the
+# request's generator), which real prompts (~60 tokens x 200 requests > the 4096 default) trigger.
+CPU_MAX_NUM_SEQS = 256
 LogprobsMode = Literal["processed_logprobs", "raw_logprobs"]
 CPU_WEIGHT_TRANSFER_BACKEND = "apo_object_store"
 
@@ -108,6 +113,8 @@ def llm_kwargs(
         enforce_eager=True,
         distributed_executor_backend="uni",
         kv_cache_memory_bytes=int(cluster.kv_cache_gib * GIB),
+        max_num_seqs=CPU_MAX_NUM_SEQS,
+        max_num_batched_tokens=CPU_MAX_NUM_SEQS * max_model_len,
     )
     return kwargs
 

@@ -12,6 +12,11 @@ bucket: ~0.5 ms to get, against ~360 ms for the same bytes as a dict of torch te
 Ray pickles), so the only copy on the engine side is `load_weights` into the parameters; it works
 unchanged across nodes (Ray moves the object). The layerwise-reload pair around the buckets
 is what makes `load_weights` valid after vLLM's post-load processing of the parameters.
+
+Tied embeddings: the reload re-processes only layers that received weights. A tied `lm_head`
+receives none (its weight is the embedding's, skipped by `load_weights`), so on CPU the packed
+copy its GEMM was built from at start-up (oneDNN / sgl `cpu_linear`) would keep the old weights:
+greedy tokens then drift from the learner's. `finish_weight_update` re-runs the head's processing.
 """
 
 from __future__ import annotations
@@ -67,9 +72,21 @@ class ObjectStoreWeightTransferEngine(WeightTransferEngine[ObjectStoreInitInfo, 
 
     def finish_weight_update(self) -> None:
         finalize_layerwise_reload(self.model, self.model_config)
+        refresh_tied_head(self.model, self.model_config)
 
     def shutdown(self) -> None:
         """Nothing to release: the backend holds no connection."""
+
+
+def refresh_tied_head(model: torch.nn.Module, model_config) -> bool:
+    """Rebuild a tied `lm_head`'s processed weights (CPU: its packed GEMM) from the embedding it
+    shares; True if there was one to refresh."""
+    head = getattr(model, "lm_head", None)
+    method = getattr(head, "quant_method", None)
+    if not getattr(model_config.hf_config, "tie_word_embeddings", False) or method is None:
+        return False
+    method.process_weights_after_loading(head)
+    return True
 
 
 def register_cpu_backend() -> None:

@@ -2,13 +2,16 @@
 
     theta_1 = the starting policy; thetahat_0 := theta_1
     for t = 1 .. T:
-        sample K candidates per prompt from pi_t
+        sample K candidates per prompt from pi_t (the engines hold theta_t)
         judge: iterative ranking -> (winner, a random other)   [dpo / ipo]
                full win-rate matrix -> (argmax, argmin) + win probabilities   [sppo]
         store log pi_t of the pair (pi_t is the reference of this iteration)
         thetahat_{t+1} = E epochs of the loss against pi_t (fresh optimizer)
+        sync thetahat_{t+1}, evaluate it ("policy: hat")
         theta_{t+1} = thetahat_{t+1} + alpha (thetahat_{t+1} - thetahat_t)
-        sync theta_{t+1} into the engines, evaluate, checkpoint (thetahat_{t+1} included)
+        sync theta_{t+1}, evaluate it ("policy: extrapolated"); it samples iteration t+1's data
+        checkpoint (theta_{t+1} trained on, thetahat_{t+1} kept)
+    output pihat_{T+1} (`final/`): the seed states its guarantees for it (y' ~ pihat_{T+1})
 """
 
 from __future__ import annotations
@@ -17,10 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from apo_pipeline.config import APOConfig
+from apo_pipeline.engine.learner_worker import THETAHAT
 from apo_pipeline.loops.pairs import sppo_pairs, winner_vs_random
 from apo_pipeline.loops.pipeline import Pipeline, judgements_from_rankings, judgements_from_win_rates
 from apo_pipeline.loops.schedule import epoch_steps, split_segments
 from apo_pipeline.rollout import TrainGroup
+from apo_pipeline.seeds import derive_seed
+
+HAT, EXTRAPOLATED = "hat", "extrapolated"  # the `policy` of APO's eval events
 
 
 def iteration_data(pipe: Pipeline, cfg: APOConfig, prompts: list[Any], t: int) -> list[TrainGroup]:
@@ -31,7 +38,7 @@ def iteration_data(pipe: Pipeline, cfg: APOConfig, prompts: list[Any], t: int) -
         built, judgements = sppo_pairs(rollouts, rates), judgements_from_win_rates(rollouts, rates)
     else:
         rankings = pipe.rank(rollouts, t)
-        built = winner_vs_random(rollouts, rankings, seed=cfg.seed * 31 + t)
+        built = winner_vs_random(rollouts, rankings, seed=derive_seed(cfg.seed, "pairs", t))
         judgements = judgements_from_rankings(rollouts, rankings)
     pipe.log.log("data", iteration=t, prompts=len(rollouts), dropped_by_judge=built.dropped)
     groups = pipe.reference_logps(built.groups, t)
@@ -39,14 +46,30 @@ def iteration_data(pipe: Pipeline, cfg: APOConfig, prompts: list[Any], t: int) -
     return groups
 
 
+def evaluate_both(pipe: Pipeline, t: int, alpha: float, evaluate: bool) -> None:
+    """When `evaluate`: pihat_{t+1} (the trained weights), then theta_{t+1} (extrapolated), each
+    synced into the engines and evaluated. The engines end with theta_{t+1} either way. alpha = 0
+    makes the two the same weights: one sync, one evaluation, logged under both names."""
+    if alpha and evaluate:
+        pipe.sync(t)
+        pipe.evaluate(t, HAT)
+    pipe.learner.extrapolate(alpha)
+    pipe.sync(t)
+    if evaluate:
+        fields = pipe.evaluate(t, EXTRAPOLATED)
+        if not alpha:
+            pipe.log.log("eval", **{**fields, "policy": HAT})
+
+
 def run(cfg: APOConfig, run_dir: Path) -> Path:
-    """Run iterative APO; returns the final policy's HF directory (`<run_dir>/final`)."""
+    """Run iterative APO; returns pihat_{T+1}'s HF directory (`<run_dir>/final`)."""
     T, alpha = cfg.loop.iterations, cfg.loop.alpha
     pipe = Pipeline(cfg, run_dir, unit="iteration", total_steps=1)
     try:
         at = pipe.resume()
         if at.fresh:
-            pipe.evaluate(0)
+            start = pipe.evaluate(0, HAT)  # theta_1 = pihat_1: one evaluation, both names
+            pipe.log.log("eval", **{**start, "policy": EXTRAPOLATED})
             pipe.learner.snapshot_weights()
         chunks = split_segments(pipe.prompts.train, T)
         step = at.step
@@ -61,11 +84,8 @@ def run(cfg: APOConfig, run_dir: Path) -> Path:
             if not done_steps:  # a mid-iteration checkpoint restored the optimizer and schedule
                 pipe.learner.new_iteration(steps)
             step = pipe.train(groups, steps, t, step, done_steps)
-            pipe.learner.extrapolate(alpha)
-            pipe.sync(t)
-            if pipe.should_evaluate(t, T):
-                pipe.evaluate(t)
+            evaluate_both(pipe, t, alpha, pipe.should_evaluate(t, T))
             pipe.checkpoint(t, step)
-        return pipe.export_final()
+        return pipe.export_final(THETAHAT)
     finally:
         pipe.shutdown()

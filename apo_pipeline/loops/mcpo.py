@@ -22,6 +22,7 @@ from apo_pipeline.loops.schedule import epoch_steps
 from apo_pipeline.rollout import TrainGroup
 from apo_pipeline.storage import write_judgements, write_pairs, write_rollouts
 from apo_pipeline.task import load_prompts
+from apo_pipeline.task.prompts import as_user_turn
 
 
 def builtin_dataset(pipe: Pipeline, cfg: MCPOConfig) -> list[TrainGroup]:
@@ -30,6 +31,8 @@ def builtin_dataset(pipe: Pipeline, cfg: MCPOConfig) -> list[TrainGroup]:
     d = cfg.data
     limit = cfg.loop.builtin_prompts
     prompts = load_prompts(d.prompts, split="train", limit=limit, on_error=d.on_error, seed=cfg.seed).prompts
+    if d.chat:  # as Pipeline._load_prompts: plain-text prompts as a user turn of the chat template
+        prompts = [as_user_turn(p) for p in prompts]
     rollouts = pipe.generate(prompts, 0)
     rankings = pipe.rank(rollouts, 0)
     built = candidate_groups(rollouts, rankings)
@@ -40,8 +43,10 @@ def builtin_dataset(pipe: Pipeline, cfg: MCPOConfig) -> list[TrainGroup]:
 
 
 def file_dataset(pipe: Pipeline, cfg: MCPOConfig) -> list[TrainGroup]:
-    """Read and tokenize a K-candidate dataset file (JSONL / Parquet / datasets dir)."""
-    rows, skipped = read_candidate_rows(cfg.loop.dataset, on_error=cfg.data.on_error)
+    """Read and tokenize a K-candidate dataset file (JSONL / Parquet / datasets dir) in loop.dataset_format."""
+    loop = cfg.loop
+    rows, skipped = read_candidate_rows(loop.dataset, on_error=cfg.data.on_error, fmt=loop.dataset_format,
+                                        columns=loop.dataset_columns, drop_ranks=tuple(loop.nectar_drop_ranks))
     if skipped:
         pipe.log.log("data", source="loop.dataset", skipped=skipped)
     return tokenize_rows(rows, AutoTokenizer.from_pretrained(pipe.model_dir))

@@ -1,31 +1,28 @@
-"""Offline K-candidate datasets for MC-PO: rows {prompt, candidates: [K strings], preferred: int}.
+"""Offline K-candidate datasets for MC-PO, read from JSONL, Parquet or a `datasets.save_to_disk`
+directory (a DatasetDict's `train` split), in one of the shapes of `dataset_formats` (this
+project's {prompt, candidates, preferred}, Nectar, TRL's preference format, UltraFeedback).
 
-Read from JSONL, Parquet or a `datasets.save_to_disk` directory (a DatasetDict's `train` split);
-every malformed row is an error naming the file and the row (1-based), or is skipped and counted
-with `on_error="skip"`.
-Token ids are made with the policy's tokenizer the way the engines make them: the prompt with the
-tokenizer's special tokens, each candidate without them plus EOS.
+Every malformed row is an error naming the file and the row (1-based), or is skipped and counted
+with `on_error="skip"`. Token ids are made with the policy's tokenizer the way the engines make
+them (`engine.generation.encode_prompt`: a plain prompt with the tokenizer's special tokens, a
+conversation through the chat template), each candidate without special tokens plus EOS.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
+from apo_pipeline.engine.generation import encode_prompt
+from apo_pipeline.loops.dataset_formats import FORMATS, CandidateRow, Options, column_names
 from apo_pipeline.rollout import TrainGroup
 
 SPLIT = "train"  # the split read from a saved DatasetDict
-
-
-@dataclass
-class CandidateRow:
-    prompt: str
-    candidates: list[str]
-    preferred: int
+__all__ = ["CandidateRow", "read_candidate_rows", "tokenize_rows"]
 
 
 def _rows(path: Path) -> list[Any]:
@@ -55,24 +52,20 @@ def _rows(path: Path) -> list[Any]:
     return rows
 
 
-def _check(row: Any) -> CandidateRow:
-    if isinstance(row, Exception):
-        raise row
-    if not isinstance(row, dict):
-        raise ValueError("not an object with prompt / candidates / preferred")
-    prompt, cands, pref = row.get("prompt"), row.get("candidates"), row.get("preferred")
-    if not isinstance(prompt, str) or not prompt:
-        raise ValueError("'prompt' must be a non-empty string")
-    if not isinstance(cands, list) or len(cands) < 2 or not all(isinstance(c, str) for c in cands):
-        raise ValueError("'candidates' must be a list of at least 2 strings")
-    if not isinstance(pref, int) or isinstance(pref, bool) or not 0 <= pref < len(cands):
-        raise ValueError(f"'preferred' must be an index in 0..{len(cands) - 1}")
-    return CandidateRow(prompt, list(cands), pref)
-
-
-def read_candidate_rows(source: str | Path, on_error: Literal["raise", "skip"] = "raise") -> tuple[list[CandidateRow], int]:
-    """Validated rows of `source` and the number skipped."""
+def read_candidate_rows(
+    source: str | Path,
+    on_error: Literal["raise", "skip"] = "raise",
+    *,
+    fmt: str = "candidates",
+    columns: Mapping[str, str] | None = None,
+    drop_ranks: tuple[int, ...] = (2,),
+) -> tuple[list[CandidateRow], int]:
+    """Validated K-candidate rows of `source` in format `fmt` (`dataset_formats.FORMATS`; `columns`
+    renames its fields, {our name: the file's}; `drop_ranks`: the Nectar ranks removed) and the
+    number of rows skipped."""
     path = Path(source)
+    names = column_names(fmt, columns)
+    convert, options = FORMATS[fmt].convert, Options(tuple(drop_ranks))
     if not path.exists():
         raise FileNotFoundError(f"{path}: dataset not found")
     rows, skipped = [], 0
@@ -80,7 +73,11 @@ def read_candidate_rows(source: str | Path, on_error: Literal["raise", "skip"] =
         if raw is None:
             continue
         try:
-            rows.append(_check(raw))
+            if isinstance(raw, Exception):
+                raise raw
+            if not isinstance(raw, dict):
+                raise ValueError(f"not an object with {', '.join(repr(c) for c in names.values())}")
+            rows.append(convert(raw, names, options))
         except ValueError as exc:
             if on_error == "raise":
                 raise ValueError(f"{path} row {n}: {exc}") from None
@@ -95,7 +92,7 @@ def tokenize_rows(rows: list[CandidateRow], tokenizer: PreTrainedTokenizerBase) 
     eos = tokenizer.eos_token_id
     groups = []
     for row in rows:
-        prompt_ids = tokenizer(row.prompt)["input_ids"]
+        _, prompt_ids = encode_prompt(tokenizer, row.prompt)
         cands = [tokenizer(c, add_special_tokens=False)["input_ids"] + [eos] for c in row.candidates]
         groups.append(TrainGroup(prompt_ids, cands, row.preferred))
     return groups

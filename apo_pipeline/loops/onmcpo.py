@@ -1,10 +1,12 @@
 """OnMC-PO: batched online MC-PO (MC-PO paper, Sec. 3.2 and App. B.1).
 
+    total steps = one pass over the prompts (prompts / effective batch) unless loop.total_steps is set
     split the prompts and the total steps into S segments
+    pi_ref = the starting policy (algorithm.reference: initial) -- or, with `round`, each segment's start
     for each segment s:
         sample K candidates per prompt from the current policy (2 each at T 0.6 / 0.8 / 1.0)
         the judge's iterative pairwise ranking (K-1 comparisons) picks the preferred y_w
-        store log pi_ref of every candidate (pi_ref = the policy at the segment's start)
+        store log pi_ref of every candidate
         train: each step draws M negatives with the MC kernel softmax(beta log pi/pi_ref)
         sync the new weights into the generation engines, evaluate, checkpoint
     (re-running the same command resumes from the last checkpoint, inside a segment too, and
@@ -23,13 +25,14 @@ from apo_pipeline.loops.schedule import split_segments, steps_per_part
 from apo_pipeline.rollout import TrainGroup
 
 
-def segment_data(pipe: Pipeline, prompts: list[Any], s: int) -> list[TrainGroup]:
-    """Sample K candidates, rank them, store log pi_ref of every candidate; tables written."""
+def segment_data(pipe: Pipeline, prompts: list[Any], s: int, initial_reference: bool) -> list[TrainGroup]:
+    """Sample K candidates, rank them, store log pi_ref of every candidate (under the kept starting
+    policy with `initial_reference`, else under the segment's start policy); tables written."""
     rollouts = pipe.generate(prompts, s)
     rankings = pipe.rank(rollouts, s)
     built = candidate_groups(rollouts, rankings)
     pipe.log.log("data", segment=s, prompts=len(rollouts), dropped_by_judge=built.dropped)
-    groups = pipe.reference_logps(built.groups, s)
+    groups = pipe.reference_logps(built.groups, s, kept=initial_reference)
     pipe.save_tables(s, rollouts, judgements_from_rankings(rollouts, rankings), groups)
     return groups
 
@@ -39,17 +42,20 @@ def run(cfg: OnMCPOConfig, run_dir: Path) -> Path:
     pipe = Pipeline(cfg, run_dir, unit="segment", total_steps=cfg.loop.total_steps)
     try:
         at = pipe.resume()
+        initial = cfg.algorithm.reference == "initial"
         if at.fresh:
             pipe.evaluate(0)
+            if initial:
+                pipe.keep_reference()  # checkpoints carry it; a resume restores it
         segments = split_segments(pipe.prompts.train, cfg.loop.segments)
-        steps = steps_per_part(cfg.loop.total_steps, cfg.loop.segments)
+        steps = steps_per_part(pipe.total_steps, cfg.loop.segments)
         step = at.step
         for s, prompts in enumerate(segments, start=1):
             if s <= at.done:
                 continue
             groups = pipe.stored_pairs(s)
             if groups is None:
-                groups = segment_data(pipe, prompts, s)
+                groups = segment_data(pipe, prompts, s, initial)
             step = pipe.train(groups, steps[s - 1], s, step, done_steps=at.steps_done_in(s))
             pipe.sync(s)
             if pipe.should_evaluate(s, len(segments)):

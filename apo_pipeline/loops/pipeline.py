@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -25,24 +26,33 @@ from apo_pipeline.engine.pool import GenerationPool
 from apo_pipeline.engine.weight_sync import WeightSync, bucket_bytes
 from apo_pipeline.engine.worker_group import wait_names_free
 from apo_pipeline.loops.evaluation import Evaluator
+from apo_pipeline.loops.stop import RunStopped
 from apo_pipeline.loops.resume import ResumePoint, restore_latest, save_round
-from apo_pipeline.loops.schedule import step_batches
-from apo_pipeline.monitoring import MetricsLogger, StageTimer
+from apo_pipeline.loops.schedule import epoch_steps, step_batches
+from apo_pipeline.monitoring import StageTimer, console, open_run_metrics
 from apo_pipeline.ranking import PromptRanking, WinRates
 from apo_pipeline.rollout import Rollout, TrainGroup
+from apo_pipeline.seeds import derive_seed
 from apo_pipeline.storage import (
     Comparison, Judgement, RunDir, create_run_dir, read_pairs, write_judgements, write_pairs, write_rollouts,
 )
 from apo_pipeline.task import load_prompts, load_reward_fn, resolve_model
+from apo_pipeline.task.prompts import as_user_turn
 
 log = logging.getLogger("apo_pipeline")
 
 TRAIN_FIELDS = {
     "loss": "loss", "margin": "margin", "accuracy": "accuracy", "rewards/chosen": "chosen_reward",
     "rewards/rejected": "rejected_reward", "lr": "lr", "grad_norm": "grad_norm", "mc/entropy": "mc_entropy",
-    "perf/pairs_per_s": "pairs_per_s", "perf/tokens_per_s": "tokens_per_s", "dyn/pos_norm": "dyn_pos_norm",
-    "dyn/neg_norm": "dyn_neg_norm", "dyn/weight_mean": "dyn_weight_mean",
-}
+    "perf/pairs_per_s": "pairs_per_s", "perf/tokens_per_s": "tokens_per_s", "bco/delta": "bco_delta",
+}  # and every dyn/<a>/<b> metric as dyn_<a>_<b> (the dynamics probe, see `train_fields`)
+REFERENCE = "reference"  # the learner's kept weights of pi_ref under `algorithm.reference: initial`
+
+JUDGE_SETUP = ("chat", "label_variant", "label_mass", "label_masses", "probes")
+
+
+class JudgeDroppedAll(RunStopped):
+    """The judge failed to rank every prompt of a round (message: one line with the judge's counts)."""
 
 
 @dataclass
@@ -56,33 +66,54 @@ class Prompts:
 class Pipeline:
     """All actors of a run. `unit` is "segment" (OnMC-PO) or "iteration" (APO, MC-PO epochs)."""
 
-    def __init__(self, cfg: BaseJobConfig, run_dir: Path, unit: str, total_steps: int) -> None:
+    def __init__(self, cfg: BaseJobConfig, run_dir: Path, unit: str, total_steps: int | None) -> None:
         self.cfg = cfg
         self.unit = unit
         self.run: RunDir = create_run_dir(run_dir.parent, run_dir.name, cfg)
-        self.log = MetricsLogger(self.run.root, ray_metrics=cfg.monitoring.ray_metrics, tensorboard=cfg.monitoring.tensorboard)
+        # A failure part-way releases what was built, so a job restore can build again under the same names.
+        with ExitStack() as built:
+            built.callback(release_names, role_names(cfg))
+            self._build(cfg, total_steps, built)
+            built.pop_all()
+
+    def _build(self, cfg: BaseJobConfig, total_steps: int, built: ExitStack) -> None:
+        """Metrics, model, prompts and every actor. What needs releasing besides the actors' names (the
+        metrics file and trackers, the placement groups) goes on `built` as soon as it exists."""
+        self.log = open_run_metrics(self.run.root, cfg, console=console.active())
+        built.callback(self.log.close)
         self.timer = StageTimer(self.log, progress=cfg.monitoring.progress)
         self.model_dir = resolve_model(cfg.model.path, seed=cfg.seed)
+        llm_judge = cfg.judge.backend == "llm"
+        judge_dir = str(resolve_model(cfg.judge.model, seed=cfg.seed, key="judge.model")) if llm_judge else None
         self.prompts = self._load_prompts()
+        # None: one pass over the train prompts (the MC-PO paper: steps = data / effective batch)
+        self.total_steps = total_steps or epoch_steps(len(self.prompts.train), self.batch_size, 1)
         self.reward_fn: Callable[[Any, str], float] | None = (
             load_reward_fn(cfg.judge.reward_fn) if cfg.judge.backend == "reward" else None
         )
         cl = cfg.cluster
-        self.placement = Placement(cl, llm_judge=cfg.judge.backend == "llm", prefix=f"apo-{cfg.name}").create()
+        self.placement = Placement(cl, llm_judge=cfg.judge.backend == "llm", prefix=f"apo-{cfg.name}")
+        built.callback(self.placement.remove)  # removing a group also kills the actors placed in it
+        self.placement.create()
         self.pool = GenerationPool(
             str(self.model_dir), cfg.model, cl, self.placement, sync=cfg.sync,
             max_prompt_tokens=cfg.data.max_prompt_tokens, overlong=cfg.data.overlong, seed=cfg.seed,
             max_restarts=cfg.fault.actor_restarts,
         )
         self.pool.restart_hook = self._resync_engines
-        self.judge = JudgePool(cfg.judge, cl, self.placement, chat=cfg.data.chat, seed=cfg.seed,
+        self.judge = JudgePool(cfg.judge, cl, self.placement, model_path=judge_dir, seed=cfg.seed,
                                max_restarts=cfg.fault.actor_restarts)
         self.learner = LearnerGroup(cfg.model.model_copy(update={"path": str(self.model_dir)}), cfg.learner,
-                                    cfg.algorithm, self.placement, total_steps=total_steps, seed=cfg.seed)
+                                    cfg.algorithm, self.placement, total_steps=self.total_steps, seed=cfg.seed)
         self.weight_sync = WeightSync.options(**self.placement.options("weight-sync")).remote(self.pool)
         self.evaluator = Evaluator(self, cfg.eval, cfg.generation.max_tokens)
         self.round = 0  # the round whose stages run now (for the logs of an engine re-sync)
         self.consumed_prompts = 0
+        if llm_judge:  # which label tokens and chat setting the judge chose at start-up
+            setup = {k: v for k, v in ray.get(self.judge.judges[0].metrics.remote()).items() if k in JUDGE_SETUP}
+            self.log.log("judge_setup", **setup)
+            log.info("llm judge: labels %s (probability mass %.3f on the probes), chat template %s",
+                     setup.get("label_variant"), setup.get("label_mass", float("nan")), setup.get("chat"))
         log.info("pipeline ready: %d engine(s), %d learner rank(s), judge %s, run dir %s",
                  cl.num_engines, cl.learner_ranks, cfg.judge.backend, self.run.root)
 
@@ -93,6 +124,8 @@ class Pipeline:
         for name, ps in (("data.prompts", train), ("data.eval_prompts", held)):
             if ps.skipped:
                 self.log.log("data", source=name, skipped=ps.skipped)
+        if d.chat:  # plain-text prompts become a user turn, rendered with the policy's chat template
+            return Prompts(*([as_user_turn(p) for p in ps.prompts] for ps in (train, held)))
         return Prompts(train.prompts, held.prompts)
 
     @property
@@ -106,7 +139,7 @@ class Pipeline:
         gen = gen or self.cfg.generation
         self.round = index
         with self.timer.stage("generate", **{self.unit: index}) as st:
-            rollouts = self.pool.sample(prompts, gen, seed=self.cfg.seed * 1000 + index)
+            rollouts = self.pool.sample(prompts, gen, seed=derive_seed(self.cfg.seed, "generate", index))
             last = self.pool.metrics()["last"]
             st["tokens"] = last["tokens"]
         if last["skipped"] or last["truncated"]:
@@ -117,30 +150,52 @@ class Pipeline:
         """Iterative pairwise ranking (K-1 rounds) of every prompt's candidates by the judge."""
         with self.timer.stage("judge", **{self.unit: index}):
             result = self.judge.rank(
-                [r.prompt for r in rollouts], [[c.text for c in r.candidates] for r in rollouts], self.cfg.seed + index)
+                [r.judge_prompt for r in rollouts], [[c.text for c in r.candidates] for r in rollouts],
+                derive_seed(self.cfg.seed, "rank-ties", index))
         t = result.totals
-        self._log_judge(index, comparisons=t["comparisons"], asked=t["asked"], ties=t["ties"], failed=t["failures"],
-                        partial=t["partial_failures"], judge_calls=result.judge_calls)
+        counts = self._log_judge(index, comparisons=t["comparisons"], asked=t["asked"], ties=t["ties"], failed=t["failures"],
+                                 partial=t["partial_failures"], judge_calls=result.judge_calls)
+        self._stop_if_all_dropped(index, [p.winner for p in result.prompts], counts)
         return result.prompts
 
     def win_rates(self, rollouts: list[Rollout], index: int) -> list[WinRates]:
         """Full K x K win-rate matrices (SPPO)."""
         with self.timer.stage("judge", **{self.unit: index}):
             rates = self.judge.win_rates(
-                [r.prompt for r in rollouts], [[c.text for c in r.candidates] for r in rollouts])
-        self._log_judge(index, failed=sum(w.failures for w in rates), partial=sum(w.partial_failures for w in rates))
+                [r.judge_prompt for r in rollouts], [[c.text for c in r.candidates] for r in rollouts])
+        counts = self._log_judge(index, failed=sum(w.failures for w in rates), partial=sum(w.partial_failures for w in rates))
+        self._stop_if_all_dropped(index, [w.chosen for w in rates], counts)
         return rates
 
-    def _log_judge(self, index: int, **counts: int) -> None:
+    def _stop_if_all_dropped(self, index: int, winners: list[int | None], counts: dict[str, Any]) -> None:
+        """A round whose every prompt the judge failed to rank stops the run with one line naming the
+        judge's counts (nothing to train on; a judge that scores nothing is misconfigured, and skipping
+        rounds would hide that). Partly failed rounds train on the prompts that were ranked."""
+        if winners and all(w is None for w in winners):
+            detail = ", ".join(f"{k} {v}" for k, v in counts.items())
+            raise JudgeDroppedAll(
+                f"the judge dropped every prompt of {self.unit} {index} ({len(winners)} prompts; {detail}); check "
+                "judge.labels / judge.template / judge.chat, e.g. with `apo-pipeline judge-eval`"
+            )
+
+    def _log_judge(self, index: int, **counts: int) -> dict[str, Any]:
         """One "judge" event: the ranking's counts (`failed`: comparisons never scored, counted, not
         guessed) plus what the judges counted since the last event (`JudgePool.take_counts`:
         comparisons/s; llm: scored, retried, overlong, errors, tokens/s, prefix-cache hits)."""
-        self.log.log("judge", **{self.unit: index}, **counts, **self.judge.take_counts())
+        fields = {**counts, **self.judge.take_counts()}
+        self.log.log("judge", **{self.unit: index}, **fields)
+        return fields
 
-    def reference_logps(self, groups: list[TrainGroup], index: int) -> list[TrainGroup]:
-        """Store log pi_ref of every candidate with the data (pi_ref = the current policy)."""
+    def keep_reference(self) -> None:
+        """pi_ref := the current policy, kept by the learner (fp32, 1/W per rank) for `reference_logps`
+        and saved with every checkpoint (OnMC-PO with `algorithm.reference: initial`)."""
+        self.learner.keep_weights(REFERENCE)
+
+    def reference_logps(self, groups: list[TrainGroup], index: int, kept: bool = False) -> list[TrainGroup]:
+        """Store log pi_ref of every candidate with the data: pi_ref = the current policy (the round's
+        start), or with `kept` the weights of `keep_reference` (swapped in, never moved weights)."""
         with self.timer.stage("ref_logprobs", **{self.unit: index}) as st:
-            for group, logps in zip(groups, self.learner.compute_logps(groups)):
+            for group, logps in zip(groups, self.learner.compute_logps(groups, REFERENCE if kept else None)):
                 group.ref_logps = list(logps)
             st["pairs"] = len(groups)
         return groups
@@ -149,7 +204,7 @@ class Pipeline:
         """Optimizer steps `done_steps..steps-1` of round `index` over seeded batches of `groups`
         (`step`: the next global step); checkpoints every `checkpoint.every_steps` steps inside the
         round. Returns the next global step."""
-        batches = step_batches(len(groups), self.batch_size, steps, seed=self.cfg.seed * 7919 + index)
+        batches = step_batches(len(groups), self.batch_size, steps, seed=derive_seed(self.cfg.seed, "batches", index))
         first, every = step - done_steps, self.cfg.checkpoint.every_steps
         colocated = self.cfg.cluster.colocate
         if colocated:
@@ -158,7 +213,7 @@ class Pipeline:
             todo = range(done_steps, steps)
             for n in self.timer.progress(todo, desc=f"train {self.unit} {index}", total=len(todo)):
                 metrics = self.learner.train_step([groups[i] for i in batches[n]])
-                fields = {TRAIN_FIELDS[k]: v for k, v in metrics.items() if k in TRAIN_FIELDS}
+                fields = train_fields(metrics)
                 self.log.log("train", step=first + n, **{self.unit: index}, **fields)
                 if every and (n + 1) % every == 0 and n + 1 < steps:
                     self.checkpoint(index - 1, first + n + 1, round_steps=n + 1)
@@ -181,11 +236,12 @@ class Pipeline:
         every = self.cfg.eval.every
         return index == last or (every > 0 and index % every == 0)
 
-    def evaluate(self, index: int) -> dict[str, float]:
-        """Held-out reward and win-rate against the starting policy (index 0 = the start)."""
+    def evaluate(self, index: int, policy: str | None = None) -> dict[str, float]:
+        """Held-out reward and win-rate against the starting policy (index 0 = the start) of the
+        engines' weights; `policy` names them in the eval event (APO: "hat" / "extrapolated")."""
         self.round = index
         with self.timer.stage("eval", **{self.unit: index}):
-            return self.evaluator.run(index)
+            return self.evaluator.run(index, policy)
 
     def _resync_engines(self) -> None:
         """After a generation engine restarted: push the learner's current weights again."""
@@ -199,6 +255,7 @@ class Pipeline:
         discarded = self.log.rewind(state.metrics_lines if state else 0)
         if state is not None:
             self.consumed_prompts = state.consumed_prompts
+            self.evaluator.restore_targets(point.done)
             self.sync(point.done)
             self.log.log("resume", **{self.unit: point.done}, step=point.step, round_steps=point.round_steps,
                          discarded_lines=discarded)
@@ -238,9 +295,10 @@ class Pipeline:
         write_pairs(self.run.table_path("pairs", index, self.unit), groups)
         self.consumed_prompts += len(rollouts)
 
-    def export_final(self) -> Path:
-        """The final policy as an HF model directory `<run>/final/`."""
-        self.learner.export_hf(str(self.run.final_dir))
+    def export_final(self, weights: str | None = None) -> Path:
+        """The final policy as an HF model directory `<run>/final/`: the training weights, or the
+        learner's kept weights `weights` (APO: pihat_{T+1})."""
+        self.learner.export_hf(str(self.run.final_dir), weights)
         return self.run.final_dir
 
     def shutdown(self) -> None:
@@ -256,11 +314,35 @@ class Pipeline:
         wait_names_free(names)
 
 
+def role_names(cfg: BaseJobConfig) -> list[str]:
+    """Every actor name a pipeline of `cfg` may create (`<role>-<i>`, `weight-sync`)."""
+    cl = cfg.cluster
+    names = [f"gen-{i}" for i in range(cl.num_engines)] + [f"learner-{i}" for i in range(cl.learner_ranks)]
+    return names + [f"judge-{i}" for i in range(cl.judge_engines)] + ["weight-sync"]
+
+
+def release_names(names: list[str]) -> None:
+    """Kill (without restart) every live actor that holds one of `names`, then wait until all are free."""
+    for name in names:
+        try:
+            ray.kill(ray.get_actor(name))
+        except ValueError:  # no such actor
+            continue
+    wait_names_free(names)
+
+
+def train_fields(metrics: dict[str, float]) -> dict[str, float]:
+    """A train step's metrics as train-event fields: TRAIN_FIELDS renamed, dyn/<a>/<b> as dyn_<a>_<b>."""
+    fields = {TRAIN_FIELDS[k]: v for k, v in metrics.items() if k in TRAIN_FIELDS}
+    fields.update({k.replace("/", "_"): v for k, v in metrics.items() if k.startswith("dyn/")})
+    return fields
+
+
 def judgements_from_rankings(rollouts: list[Rollout], rankings: list[PromptRanking]) -> list[Judgement]:
     """Storage records of the ranking log (failed comparisons as NaN, failed prompts winner None)."""
     out = []
     for ro, rk in zip(rollouts, rankings, strict=True):
-        comps = [Comparison(c.a, c.b, float("nan") if c.p is None else c.p) for c in rk.comparisons]
+        comps = [Comparison(c.a, c.b, _nan(c.p), _nan(c.p_ab), _nan(c.p_ba)) for c in rk.comparisons]
         failures = [f"round {c.round}: {c.a} vs {c.b} not scored" for c in rk.comparisons if c.p is None]
         out.append(Judgement(ro.prompt_index, rk.winner, comps, None, failures))
     return out
@@ -274,3 +356,7 @@ def judgements_from_win_rates(rollouts: list[Rollout], rates: list[WinRates]) ->
         failures = [f"{wr.failures} pair(s) not scored"] if wr.failures else []
         out.append(Judgement(ro.prompt_index, wr.chosen, [], matrix, failures))
     return out
+
+
+def _nan(p: float | None) -> float:
+    return float("nan") if p is None else p

@@ -27,11 +27,16 @@ log = logging.getLogger("apo_pipeline")
 
 DS_TAG = "ds"
 HF_DIR = "hf"
-# Keys whose change makes the saved state meaningless for the new run.
+# Keys whose change makes the saved state meaningless for the new run. The effective batch
+# (micro batch x grad accum x ranks) sets a round's steps (OnMC-PO's default total steps, APO's
+# epochs), so a mid-round checkpoint's step count depends on it; the kept reference weights
+# depend on algorithm.reference.
 UNSAFE_ON_RESUME = (
     "job", "seed", "model.path", "algorithm.loss", "algorithm.beta", "generation.temperatures",
     "generation.n_per_temperature", "data.prompts", "data.num_prompts", "cluster.learner_ranks",
     "learner.zero_stage", "loop.segments", "loop.total_steps", "loop.alpha", "loop.dataset",
+    "algorithm.reference", "learner.micro_batch_size", "learner.grad_accum", "loop.dataset_format",
+    "loop.dataset_columns", "loop.nectar_drop_ranks",
 )
 
 

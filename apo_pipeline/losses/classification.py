@@ -45,9 +45,9 @@ def nca(batch: LossBatch) -> PairTerms:
 
 @register("bco", options={"bco_delta": REQUIRED})
 def bco(batch: LossBatch) -> PairTerms:
-    """-log sigma(r_w - delta) - log sigma(-(r_l - delta)), delta the caller's running mean of
-    the batch mean reward (reward units). Metric bco/reward_mean: this batch's mean of all
-    chosen and rejected rewards, for the caller to update its running mean."""
+    """-log sigma(r_w - delta) - log sigma(-(r_l - delta)), delta the caller's running mean of every
+    implicit reward seen (reward units; the learner keeps it: `losses.running_mean`). Metric
+    bco/reward_mean: this batch's mean of all chosen and rejected rewards."""
     delta = float(batch.options["bco_delta"])
     r_w, r_l = batch.chosen_reward, batch.rejected_reward
     losses = -F.logsigmoid(r_w - delta) - F.logsigmoid(-(r_l - delta))

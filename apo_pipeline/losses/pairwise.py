@@ -11,6 +11,8 @@ import math
 import torch.nn.functional as F
 from torch import Tensor
 
+SPO_REGULARISERS = ("softplus", "hinge", "sft_step")
+
 from apo_pipeline.losses.base import LossBatch, PairTerms, add_chosen_nll, check_range, register, sigmoid_pair_loss
 
 
@@ -66,15 +68,30 @@ def rpo(batch: LossBatch) -> PairTerms:
     return PairTerms(losses, batch.chosen_reward, batch.rejected_reward, metrics)
 
 
-@register("spo", options={"spo_lambda": 1.0})
+@register("spo", options={"spo_lambda": 1.0, "spo_regulariser": "softplus"})
 def spo(batch: LossBatch) -> PairTerms:
-    """DPO + spo_lambda * softplus(-r(y_w)) = DPO - spo_lambda * log sigma(r(y_w)).
+    """DPO + spo_lambda * R(y_w), our reading of seed 001 (docs/algorithms.md), R by spo_regulariser:
 
-    The regulariser rewards an absolute rise of log pi(y_w) over the reference (its value falls
-    towards 0) and penalises a drop (it grows ~ -r(y_w)); its gradient is the SFT gradient on y_w
-    weighted by sigma(-r(y_w)). Reading of seed 001: docs/algorithms.md.
+    - softplus (default): softplus(-r(y_w)) = -log sigma(r(y_w)), smooth, against the reference;
+      its gradient is the SFT gradient on y_w gated by sigma(-r(y_w));
+    - hinge: max(0, -r(y_w)), a hinge on the chosen log-ratio against the reference (zero once
+      log pi(y_w) >= log pi_ref(y_w), linear below);
+    - sft_step: a hinge against a one-SFT-step target, which lies above log pi(y_w) so the hinge is
+      always active: R = beta (sg(log pi(y_w)) - log pi(y_w)), value 0, gradient beta * grad NLL(y_w).
+    spo_lambda = 0 is DPO exactly.
     """
     lam = check_range(batch, "spo_lambda", 0.0, math.inf)
-    regulariser = -F.logsigmoid(batch.chosen_reward)
-    losses = sigmoid_pair_loss(_margin(batch)) + lam * regulariser
+    kind = batch.options["spo_regulariser"]
+    if kind not in SPO_REGULARISERS:
+        choices = ", ".join(SPO_REGULARISERS)
+        raise ValueError(f"loss {batch.name!r}: option 'spo_regulariser' must be one of {choices}, got {kind!r}")
+    if kind == "softplus":
+        regulariser = -F.logsigmoid(batch.chosen_reward)
+    elif kind == "hinge":
+        regulariser = F.relu(-batch.chosen_reward)
+    else:
+        regulariser = batch.beta * (batch.chosen.detach() - batch.chosen)
+    losses = sigmoid_pair_loss(_margin(batch))
+    if lam:
+        losses = losses + lam * regulariser
     return PairTerms(losses, batch.chosen_reward, batch.rejected_reward, {"spo/regulariser": regulariser})

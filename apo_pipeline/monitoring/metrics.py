@@ -1,9 +1,10 @@
-"""Metrics sink: `metrics.jsonl` (always), Ray metrics (Prometheus) and TensorBoard (optional).
+"""The one metrics interface: `MetricsLogger.log(event, **fields)` writes `metrics.jsonl` and
+mirrors the numeric fields into every tracker (`monitoring.trackers`: Ray metrics, TensorBoard,
+Weights & Biases) and the quiet console.
 
 metrics.jsonl holds one JSON object per line with at least "event" (str) and "time" (unix seconds).
 Events the report reads: "eval", "train", "stage", "judge" (field lists in docs); others are kept
-and ignored. Numeric fields are mirrored as Ray metrics named `apo_<event>_<field>` (Counters for
-per-batch counts, Gauges otherwise) tagged with `run` (and `stage` for stage events).
+and ignored.
 """
 
 from __future__ import annotations
@@ -11,20 +12,18 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
+from apo_pipeline.monitoring.trackers import RayMetrics, TensorBoard, Tracker, Wandb
 from apo_pipeline.storage.rundir import atomic_write_bytes
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from apo_pipeline.config import BaseJobConfig
 
-COUNTER_FIELDS: dict[str, frozenset[str]] = {
-    "judge": frozenset({"comparisons", "asked", "scored", "failed", "partial", "retried", "ties", "overlong", "errors"}),
-}
-TAG_FIELDS: dict[str, tuple[str, ...]] = {"stage": ("stage",)}
-STEP_KEYS = ("step", "iteration", "segment")
+log = logging.getLogger(__name__)
 
 
 def _jsonable(value: Any) -> Any:
@@ -46,39 +45,28 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _metric_name(event: str, key: str) -> str:
-    return re.sub(r"[^a-zA-Z0-9_]", "_", f"apo_{event}_{key}")
-
-
 class MetricsLogger:
-    """Appends events to `<run_dir>/metrics.jsonl` and mirrors numeric fields.
+    """Appends events to `<run_dir>/metrics.jsonl` and mirrors numeric fields into `trackers`.
 
-    `ray_metrics`: mirror as `ray.util.metrics` (created lazily, only once Ray is initialised).
-    `tensorboard`: also write scalars `<event>/<field>` under `<run_dir>/tensorboard`; needs the
-    `tensorboard` package (a clear error at construction if it is missing).
+    `ray_metrics` / `tensorboard` add those trackers (`monitoring.trackers`); TensorBoard needs the
+    `tensorboard` package (a clear error at construction if it is missing). `close()` closes every
+    tracker.
     """
 
-    def __init__(self, run_dir: str | Path, ray_metrics: bool = True, tensorboard: bool = False) -> None:
+    def __init__(
+        self, run_dir: str | Path, ray_metrics: bool = True, tensorboard: bool = False, trackers: Iterable[Tracker] = ()
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
-        self.ray_metrics = ray_metrics
         self.lines = self._complete_lines()
         self.opened_at = self.lines  # lines before this are an earlier process's
+        self.trackers: list[Tracker] = [
+            *([RayMetrics(self.run_dir.name)] if ray_metrics else []),
+            *([TensorBoard(self.run_dir)] if tensorboard else []),
+            *trackers,
+        ]
         self._file: IO[str] | None = self.path.open("a", encoding="utf-8")
-        self._ray: dict[str, Any] = {}
-        self._counts: dict[str, int] = {}
-        self._tb = self._open_tensorboard() if tensorboard else None
-
-    def _open_tensorboard(self) -> Any:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as exc:
-            raise RuntimeError(
-                "monitoring.tensorboard=true needs the tensorboard package: "
-                "pip install 'apo-pipeline[tensorboard]' (or set monitoring.tensorboard=false)"
-            ) from exc
-        return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
 
     def log(self, event: str, **fields: Any) -> dict[str, Any]:
         """Write one event line (flushed) and mirror its numeric fields; returns the record written."""
@@ -89,10 +77,8 @@ class MetricsLogger:
         self._file.flush()
         self.lines += 1
         numeric = {k: v for k, v in record.items() if k not in ("event", "time") and _is_number(v)}
-        if numeric and self.ray_metrics:
-            self._mirror_ray(event, record, numeric)
-        if numeric and self._tb is not None:
-            self._mirror_tensorboard(event, record, numeric)
+        for tracker in self.trackers:
+            tracker.log(event, record, numeric)
         return record
 
     def _complete_lines(self) -> int:
@@ -129,52 +115,31 @@ class MetricsLogger:
         self.lines = len(head) + len(mine)
         return len(stale)
 
-    def _mirror_ray(self, event: str, record: dict[str, Any], numeric: dict[str, float]) -> None:
-        import ray
-
-        if not ray.is_initialized():
-            return
-        from ray.util.metrics import Counter, Gauge
-
-        tag_keys = ("run", *TAG_FIELDS.get(event, ()))
-        tags = {"run": self.run_dir.name, **{k: str(record.get(k, "")) for k in tag_keys[1:]}}
-        counters = COUNTER_FIELDS.get(event, frozenset())
-        for key, value in numeric.items():
-            name = _metric_name(event, key)
-            metric = self._ray.get(name)
-            if metric is None:
-                cls = Counter if key in counters else Gauge
-                metric = self._ray[name] = cls(name, description=f"{event}.{key} (apo-pipeline)", tag_keys=tag_keys)
-            if key not in counters:
-                metric.set(float(value), tags=tags)
-            elif value > 0:
-                metric.inc(float(value), tags=tags)
-
-    def _mirror_tensorboard(self, event: str, record: dict[str, Any], numeric: dict[str, float]) -> None:
-        step_key = next((k for k in STEP_KEYS if k in numeric), None)
-        if step_key is None:
-            step = self._counts[event] = self._counts.get(event, -1) + 1
-        else:
-            step = int(numeric[step_key])
-        prefix = f"{event}/{record['stage']}" if event == "stage" and "stage" in record else event
-        for key, value in numeric.items():
-            if key != step_key:
-                self._tb.add_scalar(f"{prefix}/{key}", value, global_step=step)
-
     def close(self) -> None:
-        """Flush and close the file (and TensorBoard writer); idempotent."""
+        """Flush and close the file and every tracker; idempotent."""
         if self._file is not None:
             self._file.close()
             self._file = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+            for tracker in self.trackers:
+                tracker.close()
 
     def __enter__(self) -> MetricsLogger:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def open_run_metrics(run_dir: Path, cfg: "BaseJobConfig", console: Tracker | None = None) -> MetricsLogger:
+    """The job's MetricsLogger: the trackers `cfg.monitoring` asks for, W&B with the job's config,
+    and `console` (the quiet console) last."""
+    mon = cfg.monitoring
+    extra: list[Tracker] = []
+    if mon.wandb:
+        extra.append(Wandb(run_dir, project=mon.wandb_project, mode=mon.wandb_mode, config=cfg.model_dump(mode="json")))
+    if console is not None:
+        extra.append(console)
+    return MetricsLogger(run_dir, ray_metrics=mon.ray_metrics, tensorboard=mon.tensorboard, trackers=extra)
 
 
 def read_metrics(path: str | Path, event: str | None = None) -> list[dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""Per-stage wall-clock timing and driver-log progress (a tqdm bar on a TTY, log lines in a job log).
+"""Per-stage wall-clock timing and progress: on the quiet console (`monitoring.console`) when one
+is active, else a tqdm bar on a TTY and log lines in a job log.
 
     timer = StageTimer(logger, progress=cfg.monitoring.progress)
     with timer.stage("generate", iteration=3) as stage:
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
+from apo_pipeline.monitoring import console
 from apo_pipeline.monitoring.metrics import MetricsLogger
 
 STAGES = ("generate", "judge", "ref_logprobs", "train", "sync", "checkpoint", "eval")
@@ -34,10 +36,14 @@ log = logging.getLogger(__name__)
 def progress(
     iterable: Iterable[T], desc: str, total: int | None = None, enabled: bool = True, unit: str = "steps"
 ) -> Iterable[T]:
-    """A tqdm bar when stderr is a TTY; else (a job log) INFO lines `desc: 10/50 steps (20%)`
-    about every 10% of `total` (default: len(iterable)) and at the end. Disabled: a pass-through."""
+    """On the active quiet console: counted on its progress line. Else a tqdm bar when stderr is a
+    TTY, or (a job log) INFO lines `desc: 10/50 steps (20%)` about every 10% of `total` (default:
+    len(iterable)) and at the end. Disabled: a pass-through."""
     if not enabled:
         return iterable
+    live = console.active()
+    if live is not None:
+        return live.track(iterable, desc, total, unit)
     if sys.stderr.isatty():
         return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, dynamic_ncols=True)
     return _logged_progress(iterable, desc, total, unit)
@@ -83,6 +89,9 @@ class StageTimer:
         if name not in STAGES:
             raise ValueError(f"stage: expected one of {', '.join(STAGES)}, got {name!r}")
         extra: dict[str, Any] = {}
+        live = console.active()
+        if live is not None:
+            live.stage_started(name, fields)
         start = time.perf_counter()
         try:
             yield extra
@@ -96,6 +105,8 @@ class StageTimer:
             for count, rate in RATE_FIELDS.items():
                 if count in record and rate not in record and seconds > 0:
                     record[rate] = record[count] / seconds
+            if live is not None:
+                live.stage_ended(record)
             if self.logger is not None:
                 self.logger.log("stage", **record)
 

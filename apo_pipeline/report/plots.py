@@ -31,14 +31,39 @@ def round_key(events: Sequence[Event]) -> str | None:
     return next((k for k in ROUND_KEYS if any(k in e for e in events)), None)
 
 
-def series(events: Sequence[Event], event: str, x_key: str, y_key: str) -> tuple[list[float], list[float]]:
-    """(xs, ys) sorted by x: the last numeric `y_key` per `x_key` among events named `event`."""
+def series(
+    events: Sequence[Event], event: str, x_key: str, y_key: str, where: Mapping[str, Any] | None = None
+) -> tuple[list[float], list[float]]:
+    """(xs, ys) sorted by x: the last numeric `y_key` per `x_key` among events named `event` (and
+    whose fields match `where`, e.g. {"policy": "hat"})."""
     points: dict[float, float] = {}
     for e in events:
         if e.get("event") == event and _number(e.get(x_key)) and _number(e.get(y_key)):
-            points[e[x_key]] = e[y_key]
+            if all(e.get(k) == v for k, v in (where or {}).items()):
+                points[e[x_key]] = e[y_key]
     xs = sorted(points)
     return xs, [points[x] for x in xs]
+
+
+def eval_policies(events: Sequence[Event]) -> list[str | None]:
+    """The `policy` names of the eval events (APO: "extrapolated", "hat"), or [None] when unnamed."""
+    names = sorted({e["policy"] for e in events if e.get("event") == "eval" and isinstance(e.get("policy"), str)})
+    return list(names) or [None]
+
+
+def round_means(events: Sequence[Event], key: str) -> dict[int, float]:
+    """{round: mean of `key` over that round's optimizer steps} from the train events (the last event
+    of a step wins, as after a resume); the round is the event's iteration or segment."""
+    rounds = {k for k in ROUND_KEYS if any(e.get("event") == "train" and k in e for e in events)}
+    by_step: dict[float, tuple[int, float]] = {}
+    for e in events:
+        rnd = next((e[k] for k in ROUND_KEYS if k in rounds and _number(e.get(k))), None)
+        if e.get("event") == "train" and _number(e.get("step")) and _number(e.get(key)) and rnd is not None:
+            by_step[e["step"]] = (int(rnd), float(e[key]))
+    table: dict[int, list[float]] = {}
+    for rnd, value in by_step.values():
+        table.setdefault(rnd, []).append(value)
+    return {rnd: sum(vs) / len(vs) for rnd, vs in sorted(table.items())}
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -69,14 +94,19 @@ def line_panels(path: Path, panels: Sequence[Panel], xlabel: str, title: str) ->
 
 
 def plot_eval(events: Sequence[Event], path: Path) -> Path | None:
-    """Held-out reward and win-rate vs the starting policy per iteration (greedy dashed when logged)."""
+    """Held-out reward and win-rate vs the starting policy per iteration (greedy dashed when logged);
+    one line per evaluated policy when the events name them (APO: extrapolated and hat)."""
     x = "iteration" if any(e.get("event") == "eval" and "iteration" in e for e in events) else "segment"
+    policies = eval_policies(events)
+
+    def lines(specs: Sequence[tuple[str, str, str]]) -> list[Line]:
+        return [(name if policy is None else f"{policy} {name}",
+                 *series(events, "eval", x, key, None if policy is None else {"policy": policy}), style)
+                for policy in policies for key, name, style in specs]
+
     panels = [
-        (ylabel, [(name, *series(events, "eval", x, key), style) for key, name, style in lines])
-        for ylabel, lines in (
-            ("mean latent reward", [("reward_mean", "sampled", "-"), ("reward_greedy", "greedy", "--")]),
-            ("win-rate vs start", [("win_rate", "sampled", "-"), ("win_rate_greedy", "greedy", "--")]),
-        )
+        ("mean latent reward", lines([("reward_mean", "sampled", "-"), ("reward_greedy", "greedy", "--")])),
+        ("win-rate vs start", lines([("win_rate", "sampled", "-"), ("win_rate_greedy", "greedy", "--")])),
     ]
     return line_panels(path, panels, x, "evaluation")
 
@@ -95,11 +125,19 @@ def plot_train(events: Sequence[Event], path: Path) -> Path | None:
 
 
 def plot_dynamics(events: Sequence[Event], path: Path) -> Path | None:
-    """POS / NEG gradient-component norms per step (train events with dyn_pos_norm / dyn_neg_norm)."""
-    panels = [("gradient norm", [
-        ("POS (positive learning)", *series(events, "train", "step", "dyn_pos_norm"), "-"),
-        ("NEG (negative learning)", *series(events, "train", "step", "dyn_neg_norm"), "-"),
-    ])]
+    """The dynamics probe per step (train events' dyn_* fields, docs/algorithms.md): POS / NEG
+    gradient norms; G = <grad L, grad NLL(D')> of TOT / POS / NEG (seed 003 Fig. 1 a, b) and of the
+    TOP / MID / BOT weight terciles (Fig. 1 c); each tercile's share of the DPO loss."""
+    def line(label: str, key: str) -> Line:
+        return (label, *series(events, "train", "step", key), "-")
+
+    terciles = ("top", "mid", "bot")
+    panels = [
+        ("gradient norm", [line("POS (positive learning)", "dyn_pos_norm"), line("NEG (negative learning)", "dyn_neg_norm")]),
+        ("G vs D'", [line("TOT", "dyn_G_total"), line("POS", "dyn_G_pos"), line("NEG", "dyn_G_neg")]),
+        ("G by weight tercile", [line(t.upper(), f"dyn_{t}_G_total") for t in terciles]),
+        ("loss share", [line(t.upper(), f"dyn_{t}_loss_share") for t in terciles]),
+    ]
     return line_panels(path, panels, "step", "gradient dynamics")
 
 

@@ -12,14 +12,17 @@ import yaml
 from apo_pipeline.monitoring.metrics import read_metrics
 from apo_pipeline.report.plots import (
     Event,
+    eval_policies,
     plot_dynamics,
     plot_eval,
     plot_overlay,
     plot_stages,
     plot_train,
+    round_means,
     series,
     stage_seconds,
 )
+from apo_pipeline.report.samples import sample_lines
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +30,10 @@ REPORT_PLOTS = {
     "eval.png": (plot_eval, "reward and win-rate per iteration"),
     "train.png": (plot_train, "loss and margins per step"),
     "stages.png": (plot_stages, "time by stage"),
-    "dynamics.png": (plot_dynamics, "POS / NEG gradient norms"),
+    "dynamics.png": (plot_dynamics, "POS / NEG gradient norms, G against D', loss share by weight tercile"),
 }
+ROUND_MEANS = (("mc_entropy", "MC kernel entropy (nats)"), ("loss", "loss"), ("chosen_reward", "chosen reward"),
+               ("dyn_G_total", "G (TOT)"), ("dyn_top_loss_share", "TOP loss share"))
 CONFIG_HIGHLIGHTS = (
     "job", "name", "seed", "model.path", "algorithm.loss", "algorithm.beta", "algorithm.negatives",
     "algorithm.num_negatives", "generation.temperatures", "generation.n_per_temperature", "learner.lr",
@@ -58,11 +63,13 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 def _result_rows(events: Sequence[Event]) -> list[tuple[str, Any, Any]]:
     """(metric, initial, final) for eval metrics and the training loss, where logged."""
     rows = []
-    for key, label in (("reward_mean", "mean reward (sampled)"), ("win_rate", "win-rate vs start (sampled)"),
-                       ("reward_greedy", "mean reward (greedy)"), ("win_rate_greedy", "win-rate vs start (greedy)")):
-        _, ys = series(events, "eval", "iteration", key)
-        if ys:
-            rows.append((label, ys[0], ys[-1]))
+    for policy in eval_policies(events):
+        where, suffix = (None, "") if policy is None else ({"policy": policy}, f", {policy}")
+        for key, label in (("reward_mean", "mean reward (sampled"), ("win_rate", "win-rate vs start (sampled"),
+                           ("reward_greedy", "mean reward (greedy"), ("win_rate_greedy", "win-rate vs start (greedy")):
+            _, ys = series(events, "eval", "iteration", key, where)
+            if ys:
+                rows.append((f"{label}{suffix})", ys[0], ys[-1]))
     steps, losses = series(events, "train", "step", "loss")
     if losses:
         rows.append(("train loss", losses[0], losses[-1]))
@@ -102,11 +109,20 @@ def _markdown(run_dir: Path, events: Sequence[Event], plots: dict[str, Path]) ->
     lines = [f"# Run report: {run_dir.name}", ""]
     if results := _result_rows(events):
         lines += ["## Results", "", *_table(("metric", "initial", "final"), results), ""]
+    means = {label: round_means(events, key) for key, label in ROUND_MEANS}
+    means = {label: values for label, values in means.items() if values}
+    if means:
+        rounds = sorted({r for values in means.values() for r in values})
+        rows = [(r, *(values.get(r, "-") for values in means.values())) for r in rounds]
+        lines += ["## Training per round (means over the round's steps)", "",
+                  *_table(("round", *means), rows), ""]
     if totals := _stage_totals(events):
         total = sum(totals.values())
         rows = [(s, f"{t:.1f}", f"{100 * t / total:.1f}%" if total else "-") for s, t in totals.items()]
         rows.append(("**total**", f"{total:.1f}", "100%"))
         lines += ["## Time by stage", "", *_table(("stage", "seconds", "share"), rows), ""]
+    if samples := sample_lines(run_dir):
+        lines += samples
     if config := _config_rows(run_dir / "config.yaml"):
         lines += ["## Config highlights", "", *_table(("key", "value"), config), ""]
     if plots:

@@ -7,6 +7,9 @@
       checkpoints/<ckpt>/         complete checkpoints (see `checkpoint_io`); `.tmp-*` are half-written
       metrics.jsonl               one JSON event per line (see `monitoring.metrics`)
       LATEST                      name of the newest complete checkpoint, written last
+      driver.json                 the driver's pid, heartbeat and end state (see `monitoring.run_state`)
+      failures.jsonl              one line per actor failure the job restored from
+      logs/                       driver.log and one <actor>.log per actor (monitoring.console: quiet)
       final/                      HF export of the final policy
       report/                     PNG plots and report.md
 
@@ -128,6 +131,18 @@ class RunDir:
         return self.root / "LATEST"
 
     @property
+    def driver_path(self) -> Path:
+        return self.root / "driver.json"
+
+    @property
+    def failures_path(self) -> Path:
+        return self.root / "failures.jsonl"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
     def final_dir(self) -> Path:
         return self.root / "final"
 
@@ -160,6 +175,19 @@ class RunDir:
                     tables = {t: child / f"{t}.parquet" for t in TABLES if (child / f"{t}.parquet").is_file()}
                     found.append(RoundFiles(units[match.group(1)], int(match.group(2)), child, tables))
         return sorted(found, key=lambda r: (r.unit, r.index))
+
+    def saved_state(self) -> list[str]:
+        """What a re-run would pick up, relative to the root: committed checkpoints (a directory
+        with a manifest) and round folders holding tables. Empty when nothing was ever trained or
+        stored here (a failed start leaves only config.yaml, metrics.jsonl and logs)."""
+        found = []
+        if self.checkpoints_dir.is_dir():
+            found += sorted(
+                f"checkpoints/{c.name}" for c in self.checkpoints_dir.iterdir()
+                if not c.name.startswith(".") and (c / "manifest.json").is_file()
+            )
+        found += [r.path.name for r in self.rounds() if r.tables]
+        return found
 
     def table_files(self, table: str) -> list[Path]:
         """Every existing Parquet file of `table`, in round order (e.g. `data_files` for `datasets`)."""

@@ -27,11 +27,15 @@ class TableError(ValueError):
 
 @dataclass
 class Comparison:
-    """One judged comparison of candidates `a` and `b`; `prob_a` = P(a beats b), NaN if it failed."""
+    """One judged comparison of candidates `a` and `b`; `prob_a` = P(a beats b), NaN if it failed.
+    `p_ab` / `p_ba`: the judge's verdicts in each order shown (P(a beats b) with a first; P(b beats a)
+    with b first), NaN where not asked or not scored (what `apo-pipeline judge-eval` reads)."""
 
     a: int
     b: int
     prob_a: float
+    p_ab: float = math.nan
+    p_ba: float = math.nan
 
 
 @dataclass
@@ -78,9 +82,14 @@ ROLLOUTS_SCHEMA = pa.schema([
     pa.field("finish_reasons", pa.list_(pa.string()), nullable=False),
     pa.field("temperatures", _F64S, nullable=False),
     pa.field("logprobs", _F64S, nullable=False),
+    pa.field("instruction", pa.string(), nullable=True),  # added later: null in older tables
 ])
 
-_COMPARISON = pa.struct([("a", pa.int32()), ("b", pa.int32()), ("prob_a", pa.float64())])
+_COMPARISON = pa.struct([
+    pa.field("a", pa.int32(), nullable=False), pa.field("b", pa.int32(), nullable=False),
+    pa.field("prob_a", pa.float64(), nullable=False),
+    pa.field("p_ab", pa.float64()), pa.field("p_ba", pa.float64()),  # added later: null in older tables
+])
 JUDGEMENTS_SCHEMA = pa.schema([
     pa.field("prompt_index", pa.int64(), nullable=False),
     pa.field("winner", pa.int32(), nullable=True),
@@ -112,7 +121,7 @@ def _rollout_row(r: Rollout) -> dict[str, Any]:
         "prompt_index": r.prompt_index, "prompt": r.prompt, "prompt_ids": r.prompt_ids,
         "candidate_ids": [c.token_ids for c in cands], "texts": [c.text for c in cands],
         "finish_reasons": [c.finish_reason for c in cands], "temperatures": [c.temperature for c in cands],
-        "logprobs": [c.logprob for c in cands],
+        "logprobs": [c.logprob for c in cands], "instruction": r.instruction or None,
     }
 
 
@@ -127,7 +136,10 @@ def _rollout_from_row(row: dict[str, Any]) -> Rollout:
             row["candidate_ids"], row["texts"], row["finish_reasons"], row["logprobs"], row["temperatures"]
         )
     ]
-    return Rollout(prompt=row["prompt"], prompt_ids=row["prompt_ids"], candidates=cands, prompt_index=row["prompt_index"])
+    return Rollout(
+        prompt=row["prompt"], prompt_ids=row["prompt_ids"], candidates=cands, prompt_index=row["prompt_index"],
+        instruction=row["instruction"] or "",
+    )
 
 
 def _judgement_row(j: Judgement) -> dict[str, Any]:
@@ -136,13 +148,13 @@ def _judgement_row(j: Judgement) -> dict[str, Any]:
         _require(c, Comparison, f"judgement.comparisons[{n}]")
     return {
         "prompt_index": j.prompt_index, "winner": j.winner,
-        "comparisons": [{"a": c.a, "b": c.b, "prob_a": c.prob_a} for c in j.comparisons],
+        "comparisons": [{"a": c.a, "b": c.b, "prob_a": c.prob_a, "p_ab": c.p_ab, "p_ba": c.p_ba} for c in j.comparisons],
         "win_matrix": j.win_matrix, "failures": j.failures,
     }
 
 
 def _judgement_from_row(row: dict[str, Any]) -> Judgement:
-    comparisons = [Comparison(**c) for c in row["comparisons"]]
+    comparisons = [Comparison(**{k: math.nan if v is None else v for k, v in c.items()}) for c in row["comparisons"]]
     return Judgement(row["prompt_index"], row["winner"], comparisons, row["win_matrix"], row["failures"])
 
 
@@ -183,7 +195,8 @@ def _null_path(array: pa.Array | pa.ChunkedArray, path: str, top_nullable: bool 
             found = _null_path(chunk.flatten(), f"{path}[]")
         elif pa.types.is_struct(chunk.type):
             found = next(
-                (p for f, child in zip(chunk.type, chunk.flatten()) if (p := _null_path(child, f"{path}.{f.name}"))),
+                (p for f, child in zip(chunk.type, chunk.flatten())
+                 if (p := _null_path(child, f"{path}.{f.name}", top_nullable=f.nullable))),
                 None,
             )
         else:
@@ -221,6 +234,9 @@ def _to_table(spec: _Spec, records: Sequence[Any]) -> pa.Table:
 def _from_table(spec: _Spec, table: pa.Table, source: str) -> list[Any]:
     columns = []
     for f in spec.schema:
+        if f.name not in table.column_names and f.nullable:  # a nullable column added after the table was written
+            columns.append(pa.nulls(table.num_rows, f.type))
+            continue
         if f.name not in table.column_names:
             raise TableError(f"{source}: missing column {f.name!r} of a {spec.name} table")
         try:

@@ -1,5 +1,6 @@
-"""The built-in task: synthetic prompts with a latent reward, a local tokenizer and tiny model,
-a Bradley-Terry reward judge, and prompt-source loading.
+"""The built-in tasks (synthetic prompts with a latent reward; real-text instructions with
+verifiable constraints), a local tokenizer and tiny model, model sources (built-in, GGUF, HF
+directories), a Bradley-Terry reward judge, and prompt-source loading.
 
 Names are imported lazily, so ``from apo_pipeline.task import load_prompts`` does not
 import torch or transformers.
@@ -18,7 +19,11 @@ _EXPORTS = {
     "build_tiny_model": "tiny_model",
     "random_tiny_model": "tiny_model",
     "is_builtin_model": "model_spec",
+    "check_model": "model_spec",
     "resolve_model": "model_spec",
+    "ModelSourceError": "model_sources",
+    "constraint_reward": "instructions",
+    "instruction_prompts": "instructions",
     "BradleyTerryRewardJudge": "reward_judge",
     "load_reward_fn": "reward_judge",
     "PromptSet": "prompts",

@@ -1,4 +1,6 @@
-"""Prompt sources: the built-in task, a JSONL file, a Parquet file, or a ``datasets`` directory.
+"""Prompt sources: the built-in tasks (``builtin``: synthetic digit reversal;
+``builtin:instructions``: real-text instructions with verifiable constraints), a JSONL file, a
+Parquet file, or a ``datasets`` directory.
 
 Every row needs a ``prompt`` that is a non-empty string or a conversation (a non-empty
 list of ``{"role": str, "content": str}`` dicts). A bad row raises ValueError naming the
@@ -14,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apo_pipeline.task.instructions import instruction_prompts
 from apo_pipeline.task.synthetic import Prompt, SyntheticTask
 
+INSTRUCTIONS_SOURCE = "builtin:instructions"
 PROMPT_FIELD = "prompt"
 ON_ERROR = ("raise", "skip")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -56,6 +60,12 @@ def validate_prompt(value: Any) -> str | None:
     if value is None:
         return f"missing {PROMPT_FIELD!r}"
     return f"{PROMPT_FIELD!r} is {type(value).__name__}, not a string or a list of messages"
+
+
+def as_user_turn(prompt: Prompt) -> Prompt:
+    """A plain-text prompt as a one-message conversation (rendered with the chat template); a
+    conversation as it is."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
 
 
 def _as_prompt(value: Prompt) -> Prompt:
@@ -120,7 +130,7 @@ def _file_rows(path: Path, split: str) -> Iterator[tuple[str, Any]]:
     if suffix in PARQUET_SUFFIXES:
         return _column_rows(_parquet_column(path))
     raise ValueError(
-        f"{path}: unsupported prompt source; expected 'builtin', a {'/'.join(JSONL_SUFFIXES)} or "
+        f"{path}: unsupported prompt source; expected 'builtin', '{INSTRUCTIONS_SOURCE}', a {'/'.join(JSONL_SUFFIXES)} or "
         f"{'/'.join(PARQUET_SUFFIXES)} file, or a datasets.save_to_disk directory"
     )
 
@@ -137,7 +147,8 @@ def load_prompts(
     """Load prompts from ``source`` (see the module docstring).
 
     ``"builtin"``: ``n`` (or else ``limit``) prompts of the synthetic task's ``split`` for
-    ``seed``. Files: rows in order, at most ``limit`` valid prompts; ``split`` picks the
+    ``seed``. ``"builtin:instructions"``: ``n`` (or else ``limit``, else all) prompts of that
+    task's ``split``, in an order shuffled by ``seed``. Files: rows in order, at most ``limit`` valid prompts; ``split`` picks the
     split of a saved ``DatasetDict``. Raises FileNotFoundError for a missing path and
     ValueError for a bad row (with ``on_error="raise"``) or a source with no valid prompt.
     """
@@ -152,6 +163,11 @@ def load_prompts(
                 "prompt source 'builtin' needs n (or limit): how many prompts to generate"
             )
         return PromptSet(prompts=SyntheticTask(seed).prompts(count, split), source="builtin")
+    if str(source) == INSTRUCTIONS_SOURCE:
+        count = n if n is not None else limit
+        return PromptSet(prompts=instruction_prompts(split, count, seed), source=INSTRUCTIONS_SOURCE)
+    if str(source).startswith("builtin:"):
+        raise ValueError(f"unknown built-in prompt source {str(source)!r}; known: builtin, {INSTRUCTIONS_SOURCE}")
     path = Path(source).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"prompt source not found: {source}")

@@ -8,23 +8,33 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from apo_pipeline.task.synthetic import Prompt, latent_reward, stable_int
+from apo_pipeline.seeds import derive_seed
+from apo_pipeline.task.instructions import constraint_reward
+from apo_pipeline.task.synthetic import Prompt, latent_reward
 
 RewardFn = Callable[[Prompt, str], float]
 JUDGE_MODES = ("prob", "sample")
 
 
+BUILTIN_REWARDS: dict[str, RewardFn] = {"builtin": latent_reward, "builtin:constraints": constraint_reward}
+# the reward with the ground truth of each built-in prompt source (reports use it as the reference)
+REFERENCE_REWARDS = {"builtin": "builtin", "builtin:instructions": "builtin:constraints"}
+
+
 def load_reward_fn(spec: str) -> RewardFn:
-    """``"builtin"`` (the synthetic task's r*) or ``"package.module:function"``.
+    """``"builtin"`` (the synthetic task's r*), ``"builtin:constraints"`` (the fraction of the
+    prompt's constraints satisfied, task/instructions.py) or ``"package.module:function"``.
 
     Raises ValueError naming the spec when the module cannot be imported, the attribute
     is missing, or it is not callable.
     """
-    if spec == "builtin":
-        return latent_reward
+    if spec in BUILTIN_REWARDS:
+        return BUILTIN_REWARDS[spec]
+    if spec.startswith("builtin:"):
+        raise ValueError(f"reward function {spec!r}: unknown built-in; known: {', '.join(BUILTIN_REWARDS)}")
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"reward function {spec!r}: expected 'builtin' or 'module:function'")
+        raise ValueError(f"reward function {spec!r}: expected {' or '.join(BUILTIN_REWARDS)} or 'module:function'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
@@ -79,7 +89,7 @@ class BradleyTerryRewardJudge:
             return None
         if self.mode == "prob":
             return p
-        u = np.random.default_rng(stable_int("judge", self.seed, prompt, a, b)).random()
+        u = np.random.default_rng(derive_seed(self.seed, "reward-judge", prompt, a, b)).random()
         return 1.0 if u < p else 0.0
 
     def compare_batch(self, items: Sequence[tuple[Prompt, str, str]]) -> list[float | None]:

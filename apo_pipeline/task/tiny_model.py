@@ -5,17 +5,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from apo_pipeline.task.model_spec import default_cache_dir
+from apo_pipeline.task.cache import build_once, default_cache_dir
 from apo_pipeline.task.synthetic import SyntheticTask
 from apo_pipeline.task.tokenizer import build_tokenizer
 from apo_pipeline.task.warmup import sft_warmup
@@ -118,21 +114,7 @@ def build_tiny_model(
         settings = dataclasses.replace(settings, warmup_steps=warmup_steps)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     final = root / f"tiny-{cache_key(seed, settings)}"
-    if (final / TASK_INFO_FILE).is_file():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(final) + ".lock"):
-        if (final / TASK_INFO_FILE).is_file():
-            return final
-        shutil.rmtree(final, ignore_errors=True)  # an incomplete directory left by hand
-        tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=root))
-        try:
-            tmp.chmod(0o755)
-            _build_into(tmp, seed, settings)
-            os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return build_once(final, TASK_INFO_FILE, lambda tmp: _build_into(tmp, seed, settings))
 
 
 def _build_into(path: Path, seed: int, settings: TinyModelSettings) -> None:

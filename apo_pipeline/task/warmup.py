@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from apo_pipeline.monitoring.stages import progress
 from apo_pipeline.task.synthetic import SyntheticTask, format_prompt, stable_int
 
 IGNORE_INDEX = -100
@@ -101,7 +102,7 @@ def sft_warmup(
     losses: list[float] = []
     start = time.perf_counter()
     with single_thread():
-        for _ in range(steps):
+        for _ in progress(range(steps), "building the built-in model: supervised warm-up (first run only)"):
             prompts = [format_prompt(task.sample_digits(rng, "train")) for _ in range(batch_size)]
             responses = [task.demonstration(p, rng) for p in prompts]
             loss = model(**encode_sft_batch(tokenizer, prompts, responses)).loss

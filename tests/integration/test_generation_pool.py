@@ -33,6 +33,7 @@ def test_engine_settings_per_device() -> None:
     cpu = llm_kwargs("m", ClusterConfig(kv_cache_gib=0.25), max_model_len=64, weight_transfer_backend="x")
     assert cpu["distributed_executor_backend"] == "uni" and cpu["dtype"] == "float32" and cpu["enforce_eager"]
     assert cpu["kv_cache_memory_bytes"] == 1 << 28 and cpu["weight_transfer_config"] == {"backend": "x"}
+    assert cpu["max_num_batched_tokens"] == cpu["max_num_seqs"] * 64  # no split prefill on CPU (vllm_env.py)
     gpu = llm_kwargs("m", ClusterConfig(use_gpu=True, colocate=True), tp=2, max_model_len=64, sleep_mode=True)
     assert gpu["distributed_executor_backend"] == "ray" and gpu["tensor_parallel_size"] == 2
     assert gpu["enable_sleep_mode"] and gpu["gpu_memory_utilization"] == 0.4 and "enforce_eager" not in gpu
@@ -55,7 +56,7 @@ def test_encode_prompt_applies_the_chat_template(tiny_model_dir) -> None:
 
 def test_request_seed_depends_on_every_index() -> None:
     seeds = {request_seed(s, p, t, k) for s in (0, 1) for p in (0, 1) for t in (0, 1) for k in (0, 1)}
-    assert len(seeds) == 16 and all(0 <= x < 2**31 for x in seeds)
+    assert len(seeds) == 16 and all(0 <= x < 2**63 for x in seeds)  # vLLM keeps request seeds as int64
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+VLLM_INFO = re.compile(r"INFO \d\d-\d\d \d\d:\d\d:\d\d \[")  # vLLM's log lines: "INFO 12-02 04:06:31 [core.py:133] ..."
 
 
 def events(run_dir: Path, kind: str) -> list[dict]:
@@ -47,7 +49,8 @@ def check_run_contract(run_dir: Path, unit: str, rounds: int) -> None:
     from transformers import AutoModelForCausalLM
 
     evals = events(run_dir, "eval")
-    assert [e["iteration"] for e in evals] == list(range(rounds + 1))
+    for policy in {e.get("policy") for e in evals}:  # APO evaluates two policies per iteration
+        assert [e["iteration"] for e in evals if e.get("policy") == policy] == list(range(rounds + 1))
     assert all(isinstance(e["reward_mean"], float) and 0.0 <= e["win_rate"] <= 1.0 for e in evals)
     train = events(run_dir, "train")
     assert train and all(e["loss"] == e["loss"] for e in train)
@@ -128,19 +131,56 @@ APO_OVERRIDES = ("loop.epochs=3", "checkpoint.every_steps=1")
 def apo_straight(tmp_path_factory) -> Path:
     """An APO smoke run that is never stopped."""
     run_dir = tmp_path_factory.mktemp("straight") / "apo"
-    run_job("apo", run_dir, *APO_OVERRIDES)
+    proc = run_job("apo", run_dir, *APO_OVERRIDES)
+    (run_dir.parent / "terminal.txt").write_text(proc.stdout + proc.stderr)
     return run_dir
 
 
 def test_apo_smoke_and_report(apo_straight):
+    """Both APO policies are evaluated every iteration, final/ is pihat_{T+1} (not the extrapolated
+    theta_{T+1} that the last checkpoint trains on), and the dynamics probe measures G against the
+    evaluations' greedy responses."""
     run_dir = apo_straight
     check_run_contract(run_dir, "iteration", rounds=2)
+    evals = events(run_dir, "eval")
+    assert [(e["iteration"], e["policy"]) for e in evals] == [
+        (0, "hat"), (0, "extrapolated"), (1, "hat"), (1, "extrapolated"), (2, "hat"), (2, "extrapolated")]
+    assert evals[0]["reward_mean"] == evals[1]["reward_mean"]  # the start: one policy, logged twice
+    theta = load_file(run_dir / "checkpoints" / "iteration_0002" / "hf" / "model.safetensors")
+    pihat = final_weights(run_dir)
+    assert theta.keys() == pihat.keys() and any(not (theta[k] == pihat[k]).all() for k in theta)
+    assert all((run_dir / f"iter_{i:04d}" / "eval_targets.parquet").is_file() for i in range(3))
+    assert all(isinstance(e.get("dyn_G_total"), float) and "dyn_top_loss_share" in e for e in events(run_dir, "train"))
     proc = subprocess.run([str(BIN / "apo-pipeline"), "report", str(run_dir)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     written = [Path(line) for line in proc.stdout.split()]
     assert {"eval.png", "train.png", "stages.png", "dynamics.png", "report.md"} <= {p.name for p in written}
+    assert "mean reward (sampled, hat)" in (run_dir / "report" / "report.md").read_text()
     assert all("dyn_pos_norm" in e and "dyn_neg_norm" in e for e in events(run_dir, "train"))
     assert all(p.is_file() and p.stat().st_size > 0 for p in written)
+
+
+def test_quiet_console_sends_library_output_to_actor_logs(apo_straight):
+    """By default the terminal shows the console (stage lines, one line per evaluation) and no vLLM,
+    DeepSpeed or Ray INFO line; those are in logs/<actor>.log and logs/driver.log."""
+    terminal = (apo_straight.parent / "terminal.txt").read_text()
+    assert "INFO" not in terminal and not VLLM_INFO.search(terminal) and "pid=" not in terminal, terminal[-3000:]
+    lines = terminal.splitlines()
+    assert lines[0] == f"apo: run directory {apo_straight} (logs: {apo_straight / 'logs'}/; apo-pipeline status {apo_straight})"
+    evals = [line for line in lines if line.startswith("eval ")]
+    assert [e.split("  ")[0] for e in evals] == ["eval start", "eval iteration 1/2", "eval iteration 2/2"]
+    assert all("reward " in e and "win-rate vs start " in e for e in evals)
+    assert any(re.match(r"\[iteration 2/2\] train  \d+ pairs  [\d.]+ pairs/s  in [\d.]+ s$", line) for line in lines)
+    assert lines[-1].startswith("apo: finished in ") and len(lines) < 60
+    logs = apo_straight / "logs"
+    assert {"driver.log", "gen-0.log", "judge-0.log", "learner-0.log", "weight-sync.log"} <= {p.name for p in logs.iterdir()}
+    assert VLLM_INFO.search((logs / "gen-0.log").read_text())
+    assert "Initializing a V1 LLM engine" in (logs / "gen-0.log").read_text()
+    assert "DeepSpeed" in (logs / "learner-0.log").read_text()
+    assert "Started a local Ray instance" in (logs / "driver.log").read_text()
+    status = subprocess.run([str(BIN / "apo-pipeline"), "status", str(apo_straight)], capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0 and status.stdout.startswith(f"{apo_straight}: finished ("), status.stdout
+    assert "iteration 2/2 done" in status.stdout and "failures        none" in status.stdout
 
 
 def test_apo_sppo_smoke_uses_win_rate_matrices(tmp_path):
@@ -158,15 +198,23 @@ def test_apo_sppo_smoke_uses_win_rate_matrices(tmp_path):
     assert all(len(w) == 2 and w[0] >= w[1] for w in pairs["win_probs"])
 
 
-def test_mcpo_smoke_with_random_negatives(tmp_path):
+def test_mcpo_smoke_with_random_negatives_and_a_verbose_console(tmp_path):
+    """`monitoring.console=verbose` brings every library line back to the terminal."""
     run_dir = tmp_path / "mcpo"
-    run_job("mcpo", run_dir, "algorithm.loss=rnce", "algorithm.num_negatives=2", "algorithm.negatives=random")
+    proc = run_job("mcpo", run_dir, "algorithm.loss=rnce", "algorithm.num_negatives=2", "algorithm.negatives=random",
+                   "monitoring.console=verbose")
     check_run_contract(run_dir, "iteration", rounds=1)
+    assert VLLM_INFO.search(proc.stdout + proc.stderr) and "(GenerationEngine pid=" in proc.stdout + proc.stderr
+    assert not (run_dir / "logs").exists()
+
+
+def load_file(path: Path) -> dict:
+    from safetensors.torch import load_file as load
+
+    return load(path)
 
 
 def final_weights(run_dir: Path) -> dict:
-    from safetensors.torch import load_file
-
     return load_file(run_dir / "final" / "model.safetensors")
 
 
@@ -204,6 +252,9 @@ def test_apo_killed_at_several_points_resumes_exactly(apo_straight, tmp_path):
 
     kill_when(cmd, lambda start: ckpts.is_dir() and any(ckpts.glob(".tmp-*")), tmp_path / "1.log")
     assert not latest() or (ckpts / latest() / "manifest.json").is_file()
+    status = json.loads(subprocess.run([str(BIN / "apo-pipeline"), "status", "--json", str(run_dir)],
+                                       capture_output=True, text=True, timeout=60).stdout)
+    assert status["state"] == "stopped" and "ended without a word" in status["reason"]  # SIGKILLed: no end state written
     kill_when(cmd, lambda start: "_step_" in latest() and trained_since(start), tmp_path / "2.log")
     rollouts = run_dir / "iter_0001" / "rollouts.parquet"
     written = rollouts.stat().st_mtime_ns
@@ -219,7 +270,9 @@ def test_apo_killed_at_several_points_resumes_exactly(apo_straight, tmp_path):
     resumed_w, straight_w = final_weights(run_dir), final_weights(apo_straight)
     assert resumed_w.keys() == straight_w.keys()
     assert max(float((resumed_w[k] - straight_w[k]).abs().max()) for k in resumed_w) <= 1e-6
-    for kind, field in (("eval", "reward_mean"), ("eval", "win_rate"), ("train", "loss"), ("train", "step")):
+    # dyn_G_total: a resumed run measures G against the same D' (the stored evaluation targets)
+    for kind, field in (("eval", "reward_mean"), ("eval", "win_rate"), ("eval", "policy"), ("train", "loss"),
+                        ("train", "step"), ("train", "dyn_G_total")):
         assert [e[field] for e in events(run_dir, kind)] == [e[field] for e in events(apo_straight, kind)], field
 
 
@@ -244,4 +297,6 @@ def test_onmcpo_restores_every_actor_after_a_learner_rank_dies(tmp_path):
     assert [f["attempt"] for f in failures] == [0] and "Actor" in failures[0]["error"]
     assert [e["segment"] for e in events(run_dir, "resume")] == [1]
     assert events(run_dir, "actors")[-1]["learner-0"] != first["learner-0"]
+    # pi_ref = the starting policy (algorithm.reference: initial): kept in every checkpoint, restored
+    assert all((c / "ds" / "kept_reference_rank0_of1.pt").is_file() for c in (run_dir / "checkpoints").glob("segment_*"))
     check_run_contract(run_dir, "segment", rounds=2)

@@ -231,3 +231,74 @@ def test_weight_buckets_cover_every_parameter_once(learner, case):
     assert ray.get(joins) == [len(buckets)] * (RANKS - 1)
     assert [b.names for b in streamed_buckets] == buckets
     assert all(tuple(t.shape) == tuple(expected[n]) for b in streamed_buckets for n, t in b.tensors())
+
+
+def test_reference_weights_are_kept_swapped_in_and_checkpointed(learner, make_groups, tmp_path):
+    """`compute_logps(..., weights=...)` runs under the kept copy after training moved the weights,
+    puts the training weights back bit for bit, exports the copy, and a checkpoint restores it."""
+    groups = with_refs(learner, make_groups(4, 2, seed=8))
+    pairs = [(g.prompt_ids, c) for g in groups for c in g.candidate_ids]
+    learner.keep_weights("reference")
+    kept = full_weights(learner)
+    before = learner.compute_logps(pairs)
+    assert learner.compute_logps(pairs, weights="reference") == before  # nothing moved yet: no swap
+    for _ in range(2):
+        learner.train_step(groups)
+    trained = full_weights(learner)
+    assert learner.compute_logps(pairs) != before
+    assert learner.compute_logps(pairs, weights="reference") == pytest.approx(before, abs=1e-6)
+    after = full_weights(learner)
+    assert all(torch.equal(after[k], trained[k]) for k in trained)  # swapped back exactly
+    learner.export_hf(str(tmp_path / "kept"), weights="reference")
+    exported = load_file(str(tmp_path / "kept" / "model.safetensors"))
+    assert all(torch.equal(exported[k], kept[k]) for k in kept)
+    learner.save_checkpoint(str(tmp_path), "ckpt")
+    learner.drop_weights("reference")
+    with pytest.raises(ray.exceptions.RayTaskError, match="no kept weights named 'reference'"):
+        learner.compute_logps(pairs, weights="reference")
+    learner.load_checkpoint(str(tmp_path), "ckpt")
+    assert learner.compute_logps(pairs, weights="reference") == pytest.approx(before, abs=1e-6)
+    learner.drop_weights("reference")
+
+
+def test_bco_delta_is_the_running_mean_of_every_reward_and_survives_a_checkpoint(learner, make_groups, tmp_path):
+    bco = AlgorithmConfig(loss="bco", beta=BETA)
+    groups = with_refs(learner, make_groups(4, 2, seed=9))  # 2 groups per rank: one micro-batch each
+    learner.save_checkpoint(str(tmp_path), "start")
+    for _ in range(3):  # past the warm-up: the policy moves away from the reference, rewards become non-zero
+        learner.train_step(groups)
+    first = learner.train_step(groups, bco)
+    learner.save_checkpoint(str(tmp_path), "one")
+    second = learner.train_step(groups, bco)
+    # one all-reduced update per step over both ranks' 8 rewards: delta = mean of every reward seen
+    assert first["bco/delta"] == pytest.approx(first["bco/reward_mean"], abs=1e-6) and first["bco/delta"] != 0
+    assert second["bco/delta"] == pytest.approx((first["bco/reward_mean"] + second["bco/reward_mean"]) / 2, abs=1e-6)
+    learner.load_checkpoint(str(tmp_path), "one")
+    again = learner.train_step(groups, bco)
+    assert again["bco/delta"] == pytest.approx(second["bco/delta"], abs=1e-9)
+    assert again["loss"] == pytest.approx(second["loss"], abs=1e-6)
+    learner.load_checkpoint(str(tmp_path), "start")
+
+
+def test_dynamics_g_against_targets_equals_a_plain_torch_inner_product(learner, make_groups, case, one_torch_thread):
+    groups = with_refs(learner, make_groups(4, 2, seed=10))
+    targets = [(g.prompt_ids, g.candidate_ids[0]) for g in make_groups(3, 2, seed=11)]
+    learner.set_dynamics_targets(targets)
+    model = hf_model(case.model_dir, full_weights(learner))
+    params = [p for p in model.parameters()]
+    tokens = sum(len(r) for _, r in targets)
+    nll = -sum(sequence_logp(model, p, r) for p, r in targets) / tokens
+    target_grad = torch.autograd.grad(nll, params)
+    losses = []
+    for g in groups:
+        h = (sequence_logp(model, g.prompt_ids, g.candidate_ids[g.preferred]) - g.ref_logps[g.preferred]) - (
+            sequence_logp(model, g.prompt_ids, g.candidate_ids[1 - g.preferred]) - g.ref_logps[1 - g.preferred]
+        )
+        losses.append(-F.logsigmoid(BETA * h))
+    loss_grad = torch.autograd.grad(torch.stack(losses).mean(), params)
+    want = sum(float((a.double() * b.double()).sum()) for a, b in zip(loss_grad, target_grad))
+    metrics = learner.train_step(groups, DPO.model_copy(update={"dynamics_every": 1}))
+    assert metrics["dyn/G_total"] == pytest.approx(want, rel=1e-3, abs=1e-9)
+    assert metrics["dyn/G_total"] == pytest.approx(metrics["dyn/G_pos"] + metrics["dyn/G_neg"], rel=1e-9)
+    assert sum(metrics[f"dyn/{t}/loss_share"] for t in ("top", "mid", "bot")) == pytest.approx(1.0)
+    learner.set_dynamics_targets([])

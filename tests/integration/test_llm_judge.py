@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import signal
@@ -14,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from apo_pipeline.config.sections import ClusterConfig, JudgeConfig
 from apo_pipeline.engine.judge import Judge
-from apo_pipeline.engine.llm_judge import label_token_ids, verdict
+from apo_pipeline.engine.judge_labels import label_variants
 from apo_pipeline.engine.placement import Placement
 from apo_pipeline.task.tiny_model import random_tiny_model
 
@@ -40,7 +39,7 @@ def train_judge(model_dir: str, steps: int = 80, batch: int = 32) -> None:
     """AdamW on `TEMPLATE` with target label A or B: whichever response contains the 7."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    label_ids = torch.tensor(label_token_ids(tokenizer, ("A", "B")))
+    label_ids = torch.tensor(label_variants(tokenizer, ("A", "B"))[0].ids)
     rng = random.Random(0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(steps):
@@ -70,7 +69,7 @@ def judge_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def judges(placement: Placement, cluster: ClusterConfig, judge_dir: str):
     """`judge-0` reads labels A/B; `judge-1` asks for labels C/D in the top 2, which never appear."""
-    config = JudgeConfig(backend="llm", template=TEMPLATE, labels=("A", "B"), max_model_len=128)
+    config = JudgeConfig(backend="llm", template=TEMPLATE, labels=("A", "B"), max_model_len=128, chat=False)
     good = Judge.options(**placement.options("judge", 0)).remote(config, cluster, model_path=judge_dir)
     failing = Judge.options(**placement.options("judge", 1)).remote(
         config.model_copy(update={"labels": ("C", "D")}), cluster, model_path=judge_dir, top_logprobs=2
@@ -88,24 +87,6 @@ def held_out() -> tuple[list[str], list[list[str]], list[int]]:
     return [p for p, _, _ in cases], [c for _, c, _ in cases], [b for _, _, b in cases]
 
 
-def test_label_check(tiny_model_dir: str) -> None:
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    a, b = label_token_ids(tokenizer, ("A", "B"))
-    assert a != b
-    with pytest.raises(ValueError, match="judge.labels: 'Yes' is 3 token"):
-        label_token_ids(tokenizer, ("Yes", "No"))
-    with pytest.raises(ValueError, match="same token"):
-        label_token_ids(tokenizer, ("A", "A"))
-
-
-def test_verdict_reads_the_two_labels() -> None:
-    assert verdict({1: -0.1, 2: -0.1, 3: -5.0}, (1, 2)) == pytest.approx(0.5)
-    assert verdict({1: 0.0, 2: -1.0}, (1, 2)) == pytest.approx(1 / (1 + math.exp(-1.0)))
-    # label 2 is not in the top-k: it gets the smallest top-k log-prob, -3
-    assert verdict({1: -1.0, 3: -3.0}, (1, 2)) == pytest.approx(1 / (1 + math.exp(-2.0)))
-    assert verdict({3: -0.1, 4: -2.0}, (1, 2)) is None
-
-
 @pytest.mark.slow
 def test_ranking_finds_the_known_winner(judges, held_out) -> None:
     good, _ = judges
@@ -119,6 +100,8 @@ def test_ranking_finds_the_known_winner(judges, held_out) -> None:
     assert result.totals["comparisons"] == comparisons and result.totals["asked"] == 2 * comparisons
     assert after["asked"] - before["asked"] == 2 * comparisons == after["scored"] - before["scored"]
     assert after["failed"] == before["failed"] and after["retried"] == before["retried"]
+    # the probe at start-up: the trained judge puts its mass on "A"/"B" (the tiny vocabulary has no " A")
+    assert after["label_variant"] == "'A'/'B'" and after["label_mass"] > 0.5 and after["chat"] is False
     for p in result.prompts:  # both orders asked and scored
         assert all(c.p_ab is not None and c.p_ba is not None for c in p.comparisons)
 
@@ -145,6 +128,7 @@ def test_failures_are_retried_then_none(judges, held_out) -> None:
     m = ray.get(failing.metrics.remote())
     asked = 2 * NUM_PROMPTS
     assert (m["asked"], m["scored"], m["retried"], m["failed"], m["calls"]) == (asked, 0, asked, asked, 2)
+    assert m["label_mass"] < 0.05  # the probe saw it: labels C / D carry no probability
 
     calls = ray.get(good.metrics.remote())["calls"]
     too_long = (prompts[0], " ".join(["1"] * 100), cands[0][0])

@@ -18,6 +18,7 @@ from apo_pipeline.engine.batching import (
 )
 from apo_pipeline.engine.preference_batch import (
     batch_loss,
+    batch_reward_sum,
     choose_negatives,
     needs_policy_logps,
     preference_batches,
@@ -180,6 +181,34 @@ def test_batch_loss_equals_preference_loss_on_the_split_log_probs():
     assert got.loss.item() == pytest.approx(want.loss.item()) and got.metrics == pytest.approx(want.metrics)
     sppo = batch_loss(batch, logps, AlgorithmConfig(loss="sppo", beta=0.5), step=0)
     assert math.isfinite(sppo.loss.item())
+
+
+def test_batch_loss_takes_the_cdpo_shape_and_the_learner_options():
+    groups = _groups()[1:]
+    batch = preference_batches(groups, choose_negatives(groups, None, DPO, torch.Generator()), 4, PAD)[0]
+
+    def chosen_grad(algorithm, step, extra=None):
+        logps = torch.tensor([-3.0, -5.5, -6.5, -6.0], requires_grad=True)
+        batch_loss(batch, logps, algorithm, step, extra).loss.backward()
+        return logps.grad.view(2, 2)
+
+    plain = chosen_grad(DPO, 0)
+    for shape, step, (pos, neg) in (("linear", 15, (0.5, 0.5)), ("phases", 15, (1.0, 1.0)), ("phases", 5, (1.0, 0.0))):
+        algorithm = DPO.model_copy(update={"cdpo": (10, 20), "cdpo_shape": shape})
+        got = chosen_grad(algorithm, step)
+        torch.testing.assert_close(got[:, 0], pos * plain[:, 0])
+        torch.testing.assert_close(got[:, 1], neg * plain[:, 1])
+    bco = AlgorithmConfig(loss="bco", beta=0.1)
+    assert not torch.equal(chosen_grad(bco, 0, {"bco_delta": 0.0}), chosen_grad(bco, 0, {"bco_delta": 1.0}))
+
+
+def test_batch_reward_sum_covers_chosen_and_every_negative():
+    groups = _groups()[1:]
+    batch = preference_batches(groups, choose_negatives(groups, None, DPO, torch.Generator()), 4, PAD)[0]
+    logps = torch.tensor([-3.0, -5.5, -6.5, -6.0])
+    total, count = batch_reward_sum(batch, logps, beta=0.5)
+    refs = torch.cat([batch.ref_chosen, batch.ref_rejected.squeeze(1)])
+    assert count == 4 and total == pytest.approx(0.5 * float(logps.view(2, 2).T.flatten().sum() - refs.sum()))
 
 
 @pytest.mark.parametrize(

@@ -73,6 +73,11 @@ def test_wrong_type_names_key_and_value():
         (["cluster.num_cpus=2", "cluster.learner_ranks=4"], "cluster.learner_ranks"),
         (["judge.backend=llm"], "judge.model"),
         (["generation.temperatures=[0.0, 1.0]"], "generation.temperatures"),
+        (["algorithm.loss=bco", "algorithm.loss_options.bco_delta=0.1"], "algorithm.loss_options.bco_delta"),
+        (["algorithm.loss_options.label_smoothing=0.7"], "algorithm.loss_options"),
+        (["algorithm.loss=spo", "algorithm.loss_options.spo_regulariser=relu"], "algorithm.loss_options"),
+        (["algorithm.cdpo_shape=step"], "algorithm.cdpo_shape"),
+        (["algorithm.reference=start"], "algorithm.reference"),
     ],
 )
 def test_impossible_combinations_name_the_key(overrides, key):
@@ -86,6 +91,21 @@ def test_apo_alpha_outside_unit_interval(alpha):
 
 def test_apo_rejects_losses_it_does_not_take():
     assert "config error: algorithm.loss:" in error_of(APOConfig, ["algorithm.loss=simpo"])
+
+
+def test_reference_defaults_initial_for_onmcpo_and_pi_t_for_apo():
+    assert load_config(OnMCPOConfig, None, []).algorithm.reference == "initial"
+    assert load_config(OnMCPOConfig, None, ["algorithm.reference=round"]).algorithm.reference == "round"
+    assert load_config(APOConfig, None, []).algorithm.reference == "round"
+    assert load_config(APOConfig, CONFIG_DIR / "apo.yaml", []).algorithm.reference == "round"
+    assert "config error: algorithm.reference: iterative APO's reference is pi_t" in error_of(
+        APOConfig, ["algorithm.reference=initial"])
+
+
+def test_onmcpo_total_steps_default_to_one_pass_and_keep_the_override():
+    assert OnMCPOConfig().loop.total_steps is None  # the pipeline computes prompts / effective batch
+    assert load_config(OnMCPOConfig, None, ["loop.total_steps=9"]).loop.total_steps == 9
+    assert "config error: loop.total_steps:" in error_of(OnMCPOConfig, ["loop.total_steps=0"])
 
 
 def test_default_local_ray_cpus_are_checked():

@@ -11,16 +11,21 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))  # bench/ is scripts, not a package
 import experiment_specs as specs  # noqa: E402
 import experiments  # noqa: E402
+import paired_stats  # noqa: E402
 
 
 def stdev(*values: float) -> float:
     return statistics.stdev(values)
 
 
-def _run(rewards: list[float], win: float = 0.6, chosen: list[float] | None = None) -> list[dict]:
-    """Eval events at iterations 0..len-1 (win-rate `win` at the last) and train events of `chosen`."""
+def _run(rewards: list[float], win: float = 0.6, chosen: list[float] | None = None, hat: float | None = None) -> list[dict]:
+    """Eval events at iterations 0..len-1 (win-rate `win` at the last) and train events of `chosen`;
+    with `hat`, APO's two lines: "extrapolated" = `rewards`, "hat" = `rewards` + `hat`."""
     events = [{"event": "eval", "time": 0.0, "iteration": i, "reward_mean": r, "reward_greedy": r + 0.1,
                "win_rate": 0.5 if i == 0 else win} for i, r in enumerate(rewards)]
+    if hat is not None:
+        events = [{**e, "policy": "extrapolated"} for e in events] + [
+            {**e, "policy": "hat", "reward_mean": e["reward_mean"] + hat} for e in events]
     events += [{"event": "train", "time": 0.0, "step": s, "iteration": 1, "chosen_reward": c, "loss": 0.7}
                for s, c in enumerate(chosen or [])]
     return events
@@ -70,13 +75,15 @@ def test_summarize_groups_run_directories_and_computes_reach_on_seed_means(tmp_p
     exp = specs.EXPERIMENTS["apo_vs_dpo"]
     runs = {}
     for seed in (0, 1):
-        runs[str(tmp_path / "apo_vs_dpo" / "dpo_alpha0.3" / f"seed{seed}")] = _run([0.2, 0.5, 0.6, 0.7, 0.8])
-        runs[str(tmp_path / "apo_vs_dpo" / "dpo_alpha0" / f"seed{seed}")] = _run([0.2, 0.3, 0.4, 0.5, 0.6])
+        runs[str(tmp_path / "apo_vs_dpo" / "dpo_alpha0.3" / f"seed{seed}")] = _run([0.2, 0.5, 0.6, 0.7, 0.8], hat=-0.1)
+        runs[str(tmp_path / "apo_vs_dpo" / "dpo_alpha0" / f"seed{seed}")] = _run([0.2, 0.3, 0.4, 0.5, 0.6], hat=0.0)
     summary = experiments.summarize(runs, specs.EXPERIMENTS)["apo_vs_dpo"]
-    assert list(summary["variants"]) == [v.name for v in exp.variants]
-    assert summary["variants"]["ipo_alpha0.3"]["runs"] == 0  # no run directories: present, empty
+    assert list(summary["variants"]) == [f"{v.name}/{p}" for v in exp.variants for p in ("extrapolated", "hat")]
+    assert summary["variants"]["ipo_alpha0.3/hat"]["runs"] == 0  # no run directories: present, empty
+    assert summary["variants"]["dpo_alpha0.3/hat"]["reward_mean"][4]["mean"] == pytest.approx(0.7)
     dpo = summary["reach"][0]
-    assert (dpo["variant"], dpo["baseline"], dpo["baseline_final_iteration"]) == ("dpo_alpha0.3", "dpo_alpha0", 4)
+    assert (dpo["variant"], dpo["baseline"], dpo["baseline_final_iteration"]) == (
+        "dpo_alpha0.3/extrapolated", "dpo_alpha0/extrapolated", 4)
     assert dpo["target"] == pytest.approx(0.6)
     assert (dpo["variant_iterations"], dpo["baseline_iterations"]) == (2, 4)
     ipo = summary["reach"][1]
@@ -84,9 +91,13 @@ def test_summarize_groups_run_directories_and_computes_reach_on_seed_means(tmp_p
     env = {"command": "python bench/experiments.py", "seeds": [0, 1], "git_commit": "0" * 40, "git_dirty": False,
            "machine": {"cpus": 2}, "versions": {"python": "3.11"}}
     md = experiments.markdown({"apo_vs_dpo": summary}, env)
-    assert "| dpo_alpha0.3 | 2/2 | 0.200 ± 0.000 | 0.500 ± 0.000 |" in md
-    assert "| dpo_alpha0.3 | dpo_alpha0 | 0.600 (it 4) | 2 | 4 |" in md
-    assert "| ipo_alpha0.3 | 0/0 | - |" in md
+    assert "| dpo_alpha0.3/extrapolated | 2/2 | 0.200 ± 0.000 | 0.500 ± 0.000 |" in md
+    assert "| dpo_alpha0.3/extrapolated | dpo_alpha0/extrapolated | 0.600 (it 4) | 2 | 4 |" in md
+    assert "| ipo_alpha0.3/hat | 0/0 | - |" in md
+    # the same per-seed difference on both seeds: sd 0, the interval collapses onto +0.2 (resolved)
+    assert "| dpo_alpha0.3/extrapolated | dpo_alpha0/extrapolated | reward_mean | 2 | +0.200 | [+0.200, +0.200] | yes |" in md
+    assert "| dpo_alpha0.3/extrapolated | dpo_alpha0.3/hat | reward_mean | 2 | +0.100 |" in md
+    assert "| ipo_alpha0.3/hat | ipo_alpha0/hat | reward_mean | 0 | - | - | - |" in md
 
 
 def test_every_planned_command_names_its_job_run_dir_scale_and_seed(tmp_path):
@@ -97,3 +108,60 @@ def test_every_planned_command_names_its_job_run_dir_scale_and_seed(tmp_path):
     assert run.command[1:4] == ["jobs/onmcpo.py", "--run-dir", str(run.directory)]
     assert run.command[4:] == [*specs.ONMCPO_SCALE, *run.variant.overrides, "seed=1"]
     assert "algorithm.cdpo=[24,48]" in run.command
+
+
+def test_t_quantiles_match_published_tables():
+    for df, want in ((1, 12.7062047), (2, 4.3026527), (4, 2.7764451), (9, 2.2621572), (29, 2.0452296)):
+        assert paired_stats.t_quantile(0.975, df) == pytest.approx(want, abs=1e-6)
+    assert paired_stats.t_quantile(0.5, 3) == pytest.approx(0.0, abs=1e-12)
+    assert paired_stats.t_quantile(0.025, 4) == pytest.approx(-2.7764451, abs=1e-6)
+    assert paired_stats.t_cdf(1.0, 1) == pytest.approx(0.75)  # Cauchy: 1/2 + atan(1)/pi
+    with pytest.raises(ValueError, match="df >= 1"):
+        paired_stats.t_quantile(0.975, 0)
+
+
+def test_paired_difference_uses_common_seeds_and_a_t_interval():
+    a = {"seed0": 0.70, "seed1": 0.62, "seed2": 0.75, "seed3": 0.66, "seed4": 0.71, "seed5": 0.9}
+    b = {"seed0": 0.64, "seed1": 0.60, "seed2": 0.69, "seed3": 0.66, "seed4": 0.65}
+    got = paired_stats.paired_difference(a, b)
+    diffs = [0.06, 0.02, 0.06, 0.0, 0.06]
+    half = 2.7764451 * statistics.stdev(diffs) / 5 ** 0.5
+    assert got["seeds"] == ["seed0", "seed1", "seed2", "seed3", "seed4"] and got["n"] == 5
+    assert got["mean"] == pytest.approx(0.04) and got["sd"] == pytest.approx(statistics.stdev(diffs))
+    assert (got["low"], got["high"]) == (pytest.approx(0.04 - half, abs=1e-7), pytest.approx(0.04 + half, abs=1e-7))
+    assert got["resolved"] is True  # 0.04 +- 0.0367 excludes 0
+    noisy = paired_stats.paired_difference({0: 0.1, 1: -0.1, 2: 0.05}, {0: 0.0, 1: 0.0, 2: 0.0})
+    assert noisy["resolved"] is False and noisy["low"] < 0 < noisy["high"]
+    one = paired_stats.paired_difference({0: 1.0}, {0: 0.5})
+    assert (one["mean"], one["low"], one["resolved"]) == (0.5, None, None)
+
+
+def test_paired_rows_and_entropy_per_round_in_the_summary(tmp_path):
+    def with_entropy(reward, entropies):
+        events = _run([0.6, reward])
+        events += [{"event": "train", "time": 0.0, "step": s, "segment": 1 + s // 2, "mc_entropy": h}
+                   for s, h in enumerate(entropies)]
+        return events
+
+    runs = {}
+    for seed, (gain, h) in enumerate(((0.1, 1.2), (0.05, 1.3), (0.08, 1.1))):
+        root = tmp_path / "reference"
+        runs[str(root / "initial" / f"seed{seed}")] = with_entropy(0.6 + gain, [1.6, 1.6, h, h])
+        runs[str(root / "round" / f"seed{seed}")] = with_entropy(0.6, [1.6, 1.6, 1.6, 1.6])
+    summary = experiments.summarize(runs, specs.EXPERIMENTS)["reference"]
+    entropy = summary["variants"]["initial"]["mc_entropy_by_round"]
+    assert entropy[1]["mean"] == pytest.approx(1.6) and entropy[2]["mean"] == pytest.approx(1.2)
+    row = next(r for r in summary["paired"] if (r["variant"], r["baseline"], r["metric"]) == ("initial", "round", "reward_mean"))
+    assert row["n"] == 3 and row["mean"] == pytest.approx(0.23 / 3) and row["resolved"] is True
+    env = {"command": "x", "seeds": [0, 1, 2], "git_commit": "0" * 40, "git_dirty": False, "machine": {"cpus": 2},
+           "versions": {}}
+    md = experiments.markdown({"reference": summary}, env)
+    assert "| initial | 1.600 ± 0.000 | 1.200 ± 0.100 |" in md
+    assert "| initial | round | reward_mean | 3 | +0.077 |" in md
+
+
+def test_dry_run_plans_five_seeds_by_default_and_validates_every_config(tmp_path, capsys):
+    assert experiments.main(["--dry-run", "--only", "reference", "spo_cdpo", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "# 35 of 35 runs to do" in out  # (3 + 4 variants) x seeds 0..4
+    assert "algorithm.reference=round" in out and "algorithm.cdpo_shape=phases" in out and "seed=4" in out

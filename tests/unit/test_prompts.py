@@ -129,3 +129,11 @@ def test_bad_sources_and_arguments(tmp_path: Path) -> None:
         load_prompts("builtin", n=1, on_error="ignore")
     with pytest.raises(ValueError, match="limit"):
         load_prompts("builtin", limit=0)
+
+
+def test_as_user_turn() -> None:
+    from apo_pipeline.task.prompts import as_user_turn
+
+    assert as_user_turn("hi") == [{"role": "user", "content": "hi"}]
+    conversation = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    assert as_user_turn(conversation) is conversation

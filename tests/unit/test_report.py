@@ -151,3 +151,66 @@ def test_compare_cli_writes_what_it_prints(tmp_path, capsys):
         _assert_drawn_png(png)
     md = written[-1].read_text()
     assert "| dpo |" in md and "| apo |" in md
+
+
+def test_report_shows_sample_responses_scored_by_the_task_reward(tmp_path):
+    from apo_pipeline.rollout import Candidate, Rollout
+    from apo_pipeline.storage import write_rollouts
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"event": "eval", "time": 0.0, "iteration": 0}) + "\n")
+    (run / "config.yaml").write_text(yaml.safe_dump(
+        {"judge": {"backend": "llm"}, "data": {"eval_prompts": "builtin:instructions"}}))
+    prompt = 'Give some advice about baking bread. Do not use any commas.'
+
+    def responses(text: str) -> list[Rollout]:
+        return [Rollout(f"<|im_start|>user\n{prompt}", [1], [Candidate([2], text, "stop", -1.0, 0.0)], 4, prompt)]
+
+    write_rollouts(run / "eval" / "greedy_0.parquet", responses("Flour, water, salt."))
+    write_rollouts(run / "eval" / "greedy_2.parquet", responses("Flour and water and salt."))
+    write_rollouts(run / "eval" / "sampled_2.parquet", responses("ignored: greedy is shown"))
+    text = (run / "report" / "report.md").read_text() if write_report(run) else ""
+    assert "## Sample responses (greedy, held-out; start vs evaluation 2)" in text
+    assert f"**Prompt 4:** {prompt}" in text  # the prompt as written, not the chat rendering
+    assert "*start* (reward 0):" in text and "> Flour, water, salt." in text
+    assert "*after 2* (reward 1):" in text and "> Flour and water and salt." in text
+
+
+def test_report_splits_apo_policies_and_shows_round_means(tmp_path, monkeypatch):
+    """APO logs each evaluation twice (policy hat / extrapolated): both get their lines and rows; the
+    per-round means of the train events (MC-kernel entropy, G) make a table; G is plotted."""
+    from apo_pipeline.report import plots
+
+    events = []
+    for e in _events():
+        if e["event"] == "eval":
+            events.append({**e, "policy": "hat", "reward_mean": e["reward_mean"] - 0.05})
+            events.append({**e, "policy": "extrapolated"})
+        elif e["event"] == "train":
+            events.append({**e, "mc_entropy": 1.0 + e["iteration"], "dyn_G_total": 0.1 * e["step"],
+                           "dyn_top_G_total": 0.05, "dyn_top_loss_share": 0.5})
+        else:
+            events.append(e)
+    last = [e for e in events if e["event"] == "train"][-1]
+    events.append({**last, "mc_entropy": 9.0})  # the last step again after a resume: it wins
+    assert plots.round_means(events, "mc_entropy") == {1: 2.0, 2: 3.0, 3: pytest.approx((4.0 * 4 + 9.0) / 5)}
+    assert plots.eval_policies(events) == ["extrapolated", "hat"]
+    legends = []
+    real = plots.line_panels
+
+    def spy(path, panels, xlabel, title):
+        legends.append((path.name, [[line[0] for line in lines if line[1]] for _, lines in panels]))
+        return real(path, panels, xlabel, title)
+
+    monkeypatch.setattr(plots, "line_panels", spy)
+    run = _run(tmp_path, "apo", events)
+    write_report(run)
+    eval_legend = dict(legends)["eval.png"]
+    assert eval_legend[0] == ["extrapolated sampled", "extrapolated greedy", "hat sampled", "hat greedy"]
+    assert dict(legends)["dynamics.png"][1] == ["TOT"] and dict(legends)["dynamics.png"][2] == ["TOP"]
+    md = (run / "report" / "report.md").read_text()
+    assert "| mean reward (sampled, hat) | 0.15 | 0.45 |" in md
+    assert "| mean reward (sampled, extrapolated) | 0.2 | 0.5 |" in md
+    assert "| round | MC kernel entropy (nats) | loss | chosen reward | G (TOT) | TOP loss share |" in md
+    assert "| 1 | 2 | " in md

@@ -40,6 +40,7 @@ def _rollouts() -> list[Rollout]:
                 for k, t in enumerate(temps)
             ],
             prompt_index=10 + i,
+            instruction="" if i == 2 else f"instruction {i}",
         )
         for i in range(3)
     ]
@@ -48,7 +49,7 @@ def _rollouts() -> list[Rollout]:
 def _judgements() -> list[Judgement]:
     return [
         Judgement(0, 2, [Comparison(0, 1, 0.25), Comparison(1, 2, float("nan"))], None, ["timeout"]),
-        Judgement(1, 0, [Comparison(0, 1, 0.9)], [[0.5, 0.9], [0.1, 0.5]], []),
+        Judgement(1, 0, [Comparison(0, 1, 0.9, 0.8, 0.0)], [[0.5, 0.9], [0.1, 0.5]], []),
     ]
 
 
@@ -106,6 +107,23 @@ def test_round_trip(tmp_path, write, read, records):
     assert repr(back) == repr(records)  # repr: NaN == NaN
 
 
+def test_tables_written_before_the_added_columns_still_read(tmp_path):
+    """`instruction` (rollouts) and `p_ab` / `p_ba` (judgements) came later: older files read as ""
+    and NaN."""
+    rollouts = rollouts_to_table(_rollouts()).drop_columns(["instruction"])
+    pq.write_table(rollouts, tmp_path / "r.parquet")
+    assert [r.instruction for r in read_rollouts(tmp_path / "r.parquet")] == ["", "", ""]
+    old = pa.struct([("a", pa.int32()), ("b", pa.int32()), ("prob_a", pa.float64())])
+    table = pa.table({
+        "prompt_index": pa.array([0], pa.int64()), "winner": pa.array([1], pa.int32()),
+        "comparisons": pa.array([[{"a": 0, "b": 1, "prob_a": 0.25}]], pa.list_(old)),
+        "win_matrix": pa.array([None], pa.list_(pa.list_(pa.float64()))), "failures": pa.array([[]], pa.list_(pa.string())),
+    })
+    pq.write_table(table, tmp_path / "j.parquet")
+    (c,) = read_judgements(tmp_path / "j.parquet")[0].comparisons
+    assert (c.a, c.b, c.prob_a) == (0, 1, 0.25) and math.isnan(c.p_ab) and math.isnan(c.p_ba)
+
+
 def test_schema_types(tmp_path):
     table = pq.read_table(write_rollouts(tmp_path / "r.parquet", _rollouts()))
     assert table.schema.field("candidate_ids").type == pa.list_(pa.list_(pa.int32()))
@@ -129,7 +147,9 @@ def test_load_dataset_reads_all_tables(tmp_path):
     assert table_to_rollouts(ds.data.table)[:3] == _rollouts()
     jd = load(run.table_files("judgements"))
     assert jd[1]["win_matrix"] == [[0.5, 0.9], [0.1, 0.5]] and jd[0]["win_matrix"] is None
-    assert jd[0]["comparisons"][0] == {"a": 0, "b": 1, "prob_a": 0.25}
+    first = jd[0]["comparisons"][0]
+    assert {k: first[k] for k in ("a", "b", "prob_a")} == {"a": 0, "b": 1, "prob_a": 0.25}
+    assert math.isnan(first["p_ab"]) and math.isnan(first["p_ba"])  # per-order verdicts default to NaN
     pd = load(run.table_files("pairs"))
     assert pd["preferred"] == [2, 0] and pd[1]["win_probs"] == [0.7, 0.3]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from apo_pipeline.config.sections import ClusterConfig, JudgeConfig
-from apo_pipeline.engine.judge_pool import count_delta, merge_rankings, prompt_cost
+from apo_pipeline.engine.judge import count_delta
+from apo_pipeline.engine.judge_pool import merge_rankings, prompt_cost
 from apo_pipeline.engine.placement import Placement
 from apo_pipeline.engine.vllm_env import llm_kwargs
 from apo_pipeline.engine.worker_group import gather, group_spread, spread
@@ -63,6 +64,7 @@ def test_count_delta_survives_a_restart() -> None:
     assert count_delta({"a": 5, "b": 2}, {"a": 3, "b": 2}) == {"a": 2, "b": 0}
     assert count_delta({"a": 1}, {"a": 3}) == {"a": 1}  # restarted: counts from 0 again
     assert count_delta({"a": 4}, {}) == {"a": 4}
+    assert count_delta({"a": 4, "chat": True, "label_variant": "A", "masses": {"A": 0.5}}, {"a": 1}) == {"a": 3}
 
 
 def test_prompt_cost_counts_the_comparisons() -> None:
@@ -73,8 +75,9 @@ def test_prompt_cost_counts_the_comparisons() -> None:
 def test_judge_placement_options() -> None:
     """Reward judges need no bundle (no placement groups exist); names by index."""
     reward = Placement(ClusterConfig(judge_engines=3), llm_judge=False)
-    assert [reward.options("judge", i) for i in range(3)] == [
-        {"name": f"judge-{i}", "num_cpus": 0} for i in range(3)
+    options = [reward.options("judge", i) for i in range(3)]
+    assert [(o["name"], o["num_cpus"], "scheduling_strategy" in o) for o in options] == [
+        (f"judge-{i}", 0, False) for i in range(3)
     ]
 
 
