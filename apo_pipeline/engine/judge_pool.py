@@ -72,7 +72,7 @@ class JudgePool:
         *,
         model_path: str | None = None,
         top_logprobs: int = 20,
-        chat: bool = False,
+        chat: bool | None = None,
         seed: int = 0,
         max_restarts: int = 0,
         restart_timeout_s: float = 600.0,
