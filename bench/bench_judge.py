@@ -45,7 +45,7 @@ from common import MAX_MODEL_LEN, SEED, build_model, interleave, model_info, rat
 
 NUM_PROMPTS, K = 12, 4
 REPEATS = 7
-JUDGE = JudgeConfig(backend="llm", max_model_len=MAX_MODEL_LEN)
+JUDGE = JudgeConfig(backend="llm", max_model_len=MAX_MODEL_LEN, chat=False)  # the plain template, as measured
 
 
 @ray.remote(num_cpus=1)

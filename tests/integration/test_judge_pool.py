@@ -137,7 +137,7 @@ def vocab_size(model_dir: str) -> int:
 def llm_config() -> JudgeConfig:
     """The untrained tiny model as judge: arbitrary but fixed preferences, read through two labels
     that are single tokens of its tokenizer."""
-    return JudgeConfig(backend="llm", template=LLM_TEMPLATE, labels=("A", "B"), max_model_len=128)
+    return JudgeConfig(backend="llm", template=LLM_TEMPLATE, labels=("A", "B"), max_model_len=128, chat=False)
 
 
 def test_llm_judges_one_or_two_give_the_same_results(placement: Placement, tiny_model_dir: str, llm_config) -> None:
