@@ -36,7 +36,7 @@ from transformers import AutoTokenizer
 
 from apo_pipeline.config.sections import ClusterConfig, JudgeConfig
 from apo_pipeline.engine.judge_pool import JudgePool
-from apo_pipeline.engine.llm_judge import label_token_ids, verdict
+from apo_pipeline.engine.llm_judge import verdict
 from apo_pipeline.engine.placement import Placement
 from apo_pipeline.engine.vllm_env import apply_engine_env
 from apo_pipeline.ranking import RankingResult
@@ -169,7 +169,7 @@ def main() -> None:
         placement = Placement(cluster, llm_judge=True, prefix="bench-judge").create()
         pool = JudgePool(JUDGE, cluster, placement, model_path=model_dir, top_logprobs=vocab, seed=SEED)
         kwargs = on_judge(pool, lambda judge: judge.backend.engine_kwargs)
-        labels = label_token_ids(tokenizer, JUDGE.labels)
+        labels = on_judge(pool, lambda judge: judge.backend.label_ids)  # the spelling the judge chose at start-up
         default_kwargs = {k: v for k, v in kwargs.items() if k != "block_size"}
         plains = {"plain_vllm": PlainVLLM.remote(kwargs, labels, vocab),
                   "default_block": PlainVLLM.remote(default_kwargs, labels, vocab)}
