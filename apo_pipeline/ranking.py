@@ -11,9 +11,11 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from apo_pipeline.task.synthetic import stable_int
 
 CompareBatch = Callable[[list[tuple[str, str, str]]], Sequence[float | None]]
 
@@ -60,16 +62,16 @@ def iterative_ranking(
     compare_batch: CompareBatch,
     *,
     both_orders: bool = True,
-    seed: int | None = None,
-    rng: random.Random | None = None,
+    seed: int = 0,
 ) -> RankingResult:
     """K-1 rounds per prompt: 1 vs 2, winner vs 3, ... (round r compares the incumbent with
     candidate r). With `both_orders` each comparison is asked as (a, b) and (b, a) and
     P(a > b) = mean(P(a, b), 1 - P(b, a)) over the orders that were scored. Exact ties are broken
-    by a coin from `rng` (or random.Random(seed)). A prompt whose comparison failed in every
-    order gets winner None and is asked nothing further."""
+    by a coin of the prompt's own (`tie_coin`: seeded by `seed`, the prompt and its candidates),
+    so a prompt ranks the same in any batch and at any position (any judge-pool sharding). A
+    prompt whose comparison failed in every order gets winner None and is asked nothing further."""
     _check_inputs(prompts, candidates)
-    coin = rng if rng is not None else random.Random(seed)
+    coins = [tie_coin(seed, p, c) for p, c in zip(prompts, candidates)]
     states = [PromptRanking(winner=0, counts=_zero_counts()) for _ in prompts]
     judge_calls = 0
     for r in range(1, max((len(c) for c in candidates), default=1)):
@@ -88,12 +90,17 @@ def iterative_ranking(
         for n, i in enumerate(active):
             p_ab = results[per_prompt * n]
             p_ba = results[per_prompt * n + 1] if both_orders else None
-            _play(states[i], r, p_ab, p_ba, both_orders, coin)
+            _play(states[i], r, p_ab, p_ba, both_orders, coins[i])
     for state in states:
         state.counts["judge_calls"] = state.counts["comparisons"]
     totals = {key: sum(s.counts[key] for s in states) for key in _zero_counts()}
     totals["judge_calls"] = judge_calls
     return RankingResult(prompts=states, judge_calls=judge_calls, totals=totals)
+
+
+def tie_coin(seed: int, prompt: Any, candidates: Sequence[str]) -> random.Random:
+    """The tie-breaking coin of one prompt: depends only on `seed`, the prompt and its candidates."""
+    return random.Random(stable_int("tie", seed, prompt, tuple(candidates)))
 
 
 def _play(

@@ -19,6 +19,7 @@ BENCHMARKS = {  # key: (script, timeout in seconds)
     "generation_vs_vllm": ("bench_generation.py", 600),
     "learner_vs_deepspeed": ("bench_learner.py", 600),
     "sync_vs_memcpy": ("bench_sync.py", 600),
+    "judge_vs_vllm": ("bench_judge.py", 600),
     "end_to_end_vs_trl": ("bench_end_to_end.py", 1800),
 }
 
@@ -64,6 +65,15 @@ def table(results: dict) -> str:
             name, goal = ("sync_vs_memcpy", s["goal"]) if default else (f"- bucket {r['bucket_mib']} MiB", "")
             ours = f"{r['median_s'] * 1e3:.0f} ms/sync ({r['buckets']} buckets of <= {r['bucket_mib']} MiB)"
             row(name, r["ratio"], goal, ours, memcpy)
+    if "ratio" in (j := results.get("judge_vs_vllm", {})):
+        row("judge_vs_vllm", j["ratio"], j["goal"], f"{j['ours_comparisons_per_s']:.1f} comparisons/s (JudgePool.rank)",
+            f"{j['plain_vllm_comparisons_per_s']:.1f} comparisons/s (vllm.LLM.generate per round)")
+        r = j["workloads"]["ranking"]
+        row("- vs vLLM's CPU default KV block", r["ratio_vs_default_block"], "", f"{r['ours_comparisons_per_s']:.1f} comparisons/s",
+            f"{r['default_block_comparisons_per_s']:.1f} comparisons/s (block 128: no prefix hits)")
+        m = j["workloads"]["matrix"]
+        row("- SPPO matrices", m["ratio"], "", f"{m['ours_comparisons_per_s']:.1f} comparisons/s (JudgePool.win_rates)",
+            f"{m['plain_vllm_comparisons_per_s']:.1f} comparisons/s (one vllm.LLM.generate)")
     if "ratio" in (e := results.get("end_to_end_vs_trl", {})):
         row("end_to_end_vs_trl", e["ratio"], e["goal"], f"{e['ours_prompts_per_s']:.2f} prompts/s (OnMC-PO segment)",
             f"{e['trl_prompts_per_s']:.2f} prompts/s (TRL OnlineDPOTrainer, vLLM colocated)")

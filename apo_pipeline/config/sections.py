@@ -83,6 +83,9 @@ class JudgeConfig(Section):
     both_orders: bool = True
     max_retries: int = Field(1, ge=0)
     max_model_len: int = Field(512, ge=16)
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0.0, le=1.0, description="GPU memory share of each llm-judge engine (None = cluster.gpu_memory_utilization)"
+    )
 
 
 class AlgorithmConfig(Section):

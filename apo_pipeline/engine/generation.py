@@ -14,8 +14,6 @@ engines (the prompt index is the caller's, carried by `EncodedPrompt.index`).
 
 from __future__ import annotations
 
-import os
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -98,17 +96,10 @@ class GenerationEngine:
             sleep_mode=self.sleep_mode,
             trust_remote_code=model.trust_remote_code,
         )
-        start = time.perf_counter()
         self.llm = build_llm(kwargs)
-        self.start_seconds = time.perf_counter() - start
         self.tokenizer = self.llm.get_tokenizer()
-        self.max_model_len = model.max_model_len
         if weight_transfer_backend == CPU_WEIGHT_TRANSFER_BACKEND:  # nccl is initialised by the learner
             self.init_weight_transfer_engine({})
-
-    def ready(self) -> dict[str, Any]:
-        """Start-up facts: pid, engine start seconds, max_model_len."""
-        return {"pid": os.getpid(), "start_seconds": self.start_seconds, "max_model_len": self.max_model_len}
 
     def encode(self, prompts: list[Prompt], start_index: int = 0) -> list[EncodedPrompt]:
         """Render (chat template for conversations) and tokenize; indices start at `start_index`."""

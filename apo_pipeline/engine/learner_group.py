@@ -1,8 +1,10 @@
 """The learner group, driver side: W `LearnerWorker` actors (`learner-<i>`) forming one DeepSpeed job.
 
-It places the ranks with `Placement`, sets up the rendezvous (MASTER_ADDR = rank 0's node IP, a
-port free there), shards data across ranks by length (`batching.shard_indices`), fans every call
-out to all ranks at once (they are collectives) and gathers the results in input order.
+It places the ranks with `Placement` as one fail-fast `WorkerGroup` (no restarts: a dead rank
+breaks the collective, and the job restores from a checkpoint), sets up the rendezvous
+(MASTER_ADDR = rank 0's node IP, a port free there), shards data across ranks by length
+(`batching.shard_indices`), fans every call out to all ranks at once (they are collectives) and
+gathers the results in input order.
 Validation happens here, before any rank starts a collective, so a bad input fails fast with a
 message naming the row instead of leaving the other ranks waiting.
 """
@@ -23,6 +25,7 @@ from apo_pipeline.engine.learner_worker import LearnerWorker, StepReport
 from apo_pipeline.engine.placement import Placement
 from apo_pipeline.engine.preference_batch import validate_groups
 from apo_pipeline.engine.weight_sync import SyncStats
+from apo_pipeline.engine.worker_group import WorkerGroup, gather, get_all
 from apo_pipeline.rollout import TrainGroup
 
 Sequences = Sequence[tuple[Sequence[int], Sequence[int]]]
@@ -51,23 +54,27 @@ class LearnerGroup:
         self.world_size = cluster.learner_ranks
         self.nccl_ready = False
         env = {} if cluster.use_gpu else {"DS_ACCELERATOR": "cpu"}
-        worker = ray.remote(LearnerWorker)
-        self.ranks: list[ActorHandle] = [
-            worker.options(**placement.options("learner", i, env_vars=env)).remote(
-                model,
-                learner,
-                use_gpu=cluster.use_gpu,
-                total_steps=total_steps,
-                seed=seed,
-                logp_batch_size=logp_batch_size or 2 * learner.micro_batch_size,
-            )
-            for i in range(self.world_size)
-        ]
+        self.group = WorkerGroup(
+            ray.remote(LearnerWorker),
+            [placement.options("learner", i, env_vars=env) for i in range(self.world_size)],
+            model,
+            learner,
+            use_gpu=cluster.use_gpu,
+            total_steps=total_steps,
+            seed=seed,
+            logp_batch_size=logp_batch_size or 2 * learner.micro_batch_size,
+            fail_fast=True,
+        )
         try:
             self.init_seconds = self._rendezvous(cluster.use_gpu)
         except Exception:
             self.shutdown()
             raise
+
+    @property
+    def ranks(self) -> list[ActorHandle]:
+        """The rank actors, `learner-<i>` at index i."""
+        return self.group.workers
 
     def _rendezvous(self, use_gpu: bool) -> list[float]:
         """Join the ranks into one job at rank 0's node IP and a port free there; the setup seconds per rank."""
@@ -75,13 +82,11 @@ class LearnerGroup:
         port = ray.get(self.ranks[0].free_port.remote())
         # On GPU each actor sees only its own device (Ray sets CUDA_VISIBLE_DEVICES): local rank 0.
         local = [0 if use_gpu else ips[:i].count(ip) for i, ip in enumerate(ips)]
-        return get_all(
-            [rank.setup.remote(ips[0], port, i, self.world_size, local[i]) for i, rank in enumerate(self.ranks)]
-        )
+        return self.group.call_each("setup", [(ips[0], port, i, self.world_size, local[i]) for i in range(self.world_size)])
 
     def _all(self, method: str, *args: Any) -> list[Any]:
         """Call `method(*args)` on every rank at once; the results in rank order."""
-        return get_all([getattr(rank, method).remote(*args) for rank in self.ranks])
+        return self.group.call(method, *args)
 
     def compute_logps(
         self, items: Sequence[TrainGroup] | Sequences, weights: str | None = None
@@ -98,16 +103,11 @@ class LearnerGroup:
             if not prompt or not response:
                 raise ValueError(f"sequence {i}: empty {'prompt' if not prompt else 'response'} token ids")
         shards = shard_indices([len(p) + len(r) for p, r in pairs], self.world_size)
-        results = get_all(
-            [
-                rank.compute_logps.remote([pairs[i][0] for i in shard], [pairs[i][1] for i in shard], weights)
-                for rank, shard in zip(self.ranks, shards)
-            ]
+        results = self.group.call_each(
+            "compute_logps",
+            [([pairs[i][0] for i in shard], [pairs[i][1] for i in shard], weights) for shard in shards],
         )
-        flat = [0.0] * len(pairs)
-        for shard, values in zip(shards, results):
-            for i, value in zip(shard, values):
-                flat[i] = value
+        flat = gather(shards, results, len(pairs))
         if not groups:
             return flat
         bounds = np.cumsum([0] + [len(g.candidate_ids) for g in items])
@@ -128,12 +128,7 @@ class LearnerGroup:
         loads = [len(g.prompt_ids) * len(g.candidate_ids) + sum(map(len, g.candidate_ids)) for g in groups]
         shards = shard_indices(loads, self.world_size)
         start = time.perf_counter()
-        reports = get_all(
-            [
-                rank.train_step.remote([groups[i] for i in shard], algorithm, len(groups))
-                for rank, shard in zip(self.ranks, shards)
-            ]
-        )
+        reports = self.group.call_each("train_step", [([groups[i] for i in shard], algorithm, len(groups)) for shard in shards])
         return merge_reports(reports, time.perf_counter() - start)
 
     def new_iteration(self, total_steps: int, reset_optimizer: bool = True) -> None:
@@ -200,21 +195,9 @@ class LearnerGroup:
         self._all("send_weights_nccl")
         return time.perf_counter() - start
 
-    def shutdown(self) -> None:
-        """Kill the rank actors (their names become free again)."""
-        for rank in self.ranks:
-            ray.kill(rank)
-        self.ranks = []
-
-
-def get_all(refs: list[ray.ObjectRef]) -> list[Any]:
-    """`ray.get(refs)`, but the first failure is raised as soon as it happens: the ranks run
-    collectives, so when one dies the others would wait on it forever."""
-    pending = list(refs)
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        ray.get(ready)
-    return ray.get(refs)
+    def shutdown(self, wait: bool = True) -> None:
+        """Kill the rank actors; with `wait`, return once their names are free again."""
+        self.group.shutdown(wait)
 
 
 def merge_reports(reports: Sequence[StepReport], seconds: float) -> dict[str, float]:

@@ -13,8 +13,10 @@ or a failed engine call, is asked again up to `max_retries` times and then retur
 (scoring is greedy, so a top-k miss usually repeats; a retry mostly helps when the call failed).
 A comparison whose rendered prompt does not fit `max_model_len` is None at once.
 
-One `compare_batch` is one vLLM `generate` call (plus one per retry round that has work);
-both orders are the ranking's business (`apo_pipeline.ranking`), not this backend's.
+One `compare_batch` is one vLLM `generate` call (plus one per retry round that has work), its
+requests sorted by token ids so that requests sharing a prefix (template, prompt, incumbent) are
+adjacent for vLLM's prefix cache; both orders are the ranking's business
+(`apo_pipeline.ranking`), not this backend's.
 """
 
 from __future__ import annotations
@@ -30,6 +32,15 @@ from apo_pipeline.engine.vllm_env import build_llm, llm_kwargs
 
 log = logging.getLogger(__name__)
 Comparison = tuple[str, str, str]
+# vLLM's prefix cache reuses whole KV blocks. Its CPU default (128 tokens) shares nothing between
+# judge requests shorter than that; 32 (the CPU backend wants multiples of 32) lets requests share
+# the template and the prompt. GPU keeps vLLM's default (16).
+CPU_BLOCK_SIZE = 32
+VLLM_COUNTERS = {
+    "vllm:prompt_tokens": "prompt_tokens",
+    "vllm:prefix_cache_queries": "prefix_cache_queries",
+    "vllm:prefix_cache_hits": "prefix_cache_hits",
+}
 
 
 def verdict(top: dict[int, float], label_ids: tuple[int, int]) -> float | None:
@@ -65,17 +76,19 @@ class LLMJudgeBackend:
         self.max_retries = judge.max_retries
         self.max_model_len = judge.max_model_len
         self.top_logprobs = top_logprobs
-        self.llm = build_llm(
-            llm_kwargs(
-                model_path,
-                cluster,
-                tp=cluster.judge_tp,
-                max_model_len=judge.max_model_len,
-                seed=seed,
-                logprobs_mode="raw_logprobs",
-                max_logprobs=top_logprobs,
-            )
+        self.engine_kwargs = llm_kwargs(
+            model_path,
+            cluster,
+            tp=cluster.judge_tp,
+            max_model_len=judge.max_model_len,
+            seed=seed,
+            logprobs_mode="raw_logprobs",
+            max_logprobs=top_logprobs,
+            gpu_memory_utilization=judge.gpu_memory_utilization,
+            block_size=None if cluster.use_gpu else CPU_BLOCK_SIZE,
+            log_stats=True,  # prefix-cache hits and prompt tokens, read by `metrics`
         )
+        self.llm = build_llm(self.engine_kwargs)
         self.counts = {"asked": 0, "scored": 0, "retried": 0, "failed": 0, "overlong": 0, "errors": 0, "calls": 0}
         self.label_ids, self.setup = self._probe_labels()
 
@@ -105,6 +118,7 @@ class LLMJudgeBackend:
         encoded = [self.encode(item) for item in items]
         results: list[float | None] = [None] * len(items)
         todo = [i for i, ids in enumerate(encoded) if len(ids) < self.max_model_len]
+        todo.sort(key=lambda i: encoded[i])  # shared prefixes (template, prompt, incumbent) adjacent
         self.counts["overlong"] += len(items) - len(todo)
         for attempt in range(self.max_retries + 1):
             if not todo:
@@ -140,6 +154,12 @@ class LLMJudgeBackend:
         return [{tok: lp.logprob for tok, lp in out.outputs[0].logprobs[0].items()} for out in outputs]
 
     def metrics(self) -> dict[str, Any]:
-        """Counts (asked, scored, retried, failed = returned None, overlong, errors, calls) and the
-        start-up choices (chat, label_variant, label_mass, label_masses, probes)."""
-        return {**self.counts, **self.setup}
+        """Counts (asked, scored, retried, failed = returned None, overlong, errors, calls), the
+        start-up choices (chat, label_variant, label_mass, label_masses, probes), and vLLM's own
+        counters since start (`LLM.get_metrics`): prompt_tokens, prefix_cache_queries and
+        prefix_cache_hits (tokens looked up in / found in the prefix cache)."""
+        engine = dict.fromkeys(VLLM_COUNTERS.values(), 0)
+        for metric in self.llm.get_metrics():
+            if metric.name in VLLM_COUNTERS:
+                engine[VLLM_COUNTERS[metric.name]] += int(metric.value)
+        return {**self.counts, **self.setup, **engine}

@@ -2,7 +2,7 @@
 
 Roles and names (what the Ray dashboard shows): `gen-<i>`, `judge-<i>`, `learner-<i>`, `weight-sync`.
 One placement group per role (per engine for generation / judge engines, since each may span
-TP GPUs). With `colocate`, generation engines share the learner's bundles (time-sharing; vLLM
+TP GPUs); the reward judge (`llm_judge=False`) takes no bundle. With `colocate`, generation engines share the learner's bundles (time-sharing; vLLM
 sleep mode on GPU) and take a fraction of each GPU.
 """
 
@@ -73,7 +73,7 @@ class Placement:
         opts: dict = {"name": name, "num_cpus": c.cpus_per_actor, "runtime_env": actor_env(name, **(env_vars or {}))}
         if self.namespace is not None:
             opts["namespace"] = self.namespace
-        if role == "weight-sync":
+        if role == "weight-sync" or (role == "judge" and not self.llm_judge):  # the reward judge needs no bundle
             opts["num_cpus"] = 0
             return opts
         if role == "gen" and c.colocate:

@@ -11,11 +11,12 @@ Prompts longer than `max_prompt_tokens` (or than max_model_len - max_tokens) are
 where a chat template's generation prompt sits; `Rollout.prompt` stays the full text, `prompt_ids`
 are what the engine saw). Both are counted in `metrics()`.
 
-Engine deaths: engines are created with `max_restarts`; a call whose engine died, and a call
-answered by an engine that restarted since the pool last saw it (its pid changed, so it may hold
-the initial weights), is sent again once the engine is back, after `restart_hook` (the pipeline's
-weight re-sync) has run. Seeds depend only on prompt indices, so the re-sent shard returns what
-the first attempt would have: no prompt is lost or duplicated. Restarts are counted in `metrics()`.
+Engine deaths: the engines are one restartable `WorkerGroup`; a call whose engine died, and a
+call answered by an engine that restarted since the pool last saw it (its pid changed, so it may
+hold the initial weights), is sent again once the engine is back, after `restart_hook` (the
+pipeline's weight re-sync) has run. Seeds depend only on prompt indices, so the re-sent shard
+returns what the first attempt would have: no prompt is lost or duplicated. Restarts are counted
+in `metrics()`.
 
 The pool object is picklable (actor handles + plain data; the hook is not sent): the
 `weight-sync` actor holds a copy.
@@ -29,25 +30,16 @@ from dataclasses import replace
 from typing import Any, Literal
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.actor import ActorHandle
+from ray.exceptions import RayActorError
 from ray.experimental import get_object_locations
 
 from apo_pipeline.config.sections import ClusterConfig, GenerationConfig, ModelConfig, SyncConfig
 from apo_pipeline.engine.generation import EncodedPrompt, GenerationEngine, Prompt
 from apo_pipeline.engine.placement import Placement
 from apo_pipeline.engine.vllm_env import LogprobsMode, sync_backend
+from apo_pipeline.engine.worker_group import WorkerGroup, spread
 from apo_pipeline.rollout import Rollout
-
-
-def spread(costs: list[int], num_engines: int) -> list[list[int]]:
-    """Indices of `costs` per engine: each item, in order, to the engine with the least total so far."""
-    shards: list[list[int]] = [[] for _ in range(num_engines)]
-    loads = [0] * num_engines
-    for i, cost in enumerate(costs):
-        e = loads.index(min(loads))
-        shards[e].append(i)
-        loads[e] += cost
-    return shards
 
 
 class GenerationPool:
@@ -68,8 +60,6 @@ class GenerationPool:
         max_restarts: int = 0,
         restart_timeout_s: float = 600.0,
     ) -> None:
-        self.max_restarts = max_restarts
-        self.restart_timeout_s = restart_timeout_s
         self.restart_hook: Callable[[], None] | None = None
         self.num_engines = cluster.num_engines
         self.engine_tp = cluster.engine_tp
@@ -77,80 +67,42 @@ class GenerationPool:
         self.max_prompt_tokens = max_prompt_tokens
         self.overlong = overlong
         self.backend = sync_backend(sync or SyncConfig(), cluster)
-        self.engines = [
-            GenerationEngine.options(**placement.options("gen", i), max_restarts=max_restarts).remote(
-                model_path,
-                model,
-                cluster,
-                weight_transfer_backend=self.backend,
-                logprobs_mode=logprobs_mode,
-                seed=seed,
-            )
-            for i in range(self.num_engines)
-        ]
-        self.engine_info = ray.get([e.ready.remote() for e in self.engines])
+        self.group = WorkerGroup(
+            GenerationEngine,
+            [placement.options("gen", i) for i in range(self.num_engines)],
+            model_path,
+            model,
+            cluster,
+            weight_transfer_backend=self.backend,
+            logprobs_mode=logprobs_mode,
+            seed=seed,
+            max_restarts=max_restarts,
+            restart_timeout_s=restart_timeout_s,
+        )
+        self.group.on_restart = self._on_restart
         self.totals: dict[str, float] = {
             "calls": 0, "prompts": 0, "candidates": 0, "tokens": 0, "seconds": 0.0, "skipped": 0, "truncated": 0,
             "engine_restarts": 0,
         }
         self.last: dict[str, Any] = {}
 
+    @property
+    def engines(self) -> list[ActorHandle]:
+        """The engine actors, `gen-<i>` at index i."""
+        return self.group.workers
+
     def __getstate__(self) -> dict[str, Any]:
         return dict(self.__dict__, restart_hook=None)
 
-    def _ready_infos(self) -> list[dict[str, Any]]:
-        """Every engine's `ready()` facts, waiting (up to `restart_timeout_s`) for restarting ones."""
-        deadline = time.monotonic() + self.restart_timeout_s
-        infos = []
-        for engine in self.engines:
-            while True:
-                try:
-                    infos.append(ray.get(engine.ready.remote(), timeout=self.restart_timeout_s))
-                    break
-                except ActorUnavailableError:  # restarting: Ray refuses calls until it is back
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.5)
-        return infos
-
-    def _restarted(self) -> set[int]:
-        """Engines whose process changed since last seen."""
-        infos = self._ready_infos()
-        return {i for i, (old, new) in enumerate(zip(self.engine_info, infos)) if old["pid"] != new["pid"]}
-
-    def _recover(self, engines: set[int]) -> None:
-        """Wait for restarted `engines`, run `restart_hook` (bring their weights up to date), note their pids."""
-        self.engine_info = self._ready_infos()
+    def _on_restart(self, engines: set[int]) -> None:
+        """Restarted engines may hold the initial weights: count them, run `restart_hook` (re-sync)."""
         self.totals["engine_restarts"] += len(engines)
         if self.restart_hook is not None:
             self.restart_hook()
 
-    def _call_shards(self, method: str, shards: list[list[EncodedPrompt]], args: tuple) -> list[list[Rollout]]:
-        """`method(shard, *args)` on each engine with a non-empty shard; dead or restarted engines'
-        shards are re-sent after `_recover` (at most `max_restarts` times). Results in engine order."""
-        busy = {i for i, shard in enumerate(shards) if shard}
-        results: dict[int, list[Rollout]] = {}
-        todo = sorted(busy)
-        for attempt in range(self.max_restarts + 1):
-            refs = {i: getattr(self.engines[i], method).remote(shards[i], *args) for i in todo}
-            failed = set()
-            for i, ref in refs.items():
-                try:
-                    results[i] = ray.get(ref)
-                except RayActorError:
-                    failed.add(i)
-            restarted = failed | self._restarted()
-            if not restarted:
-                return [results.get(i, []) for i in range(len(shards))]
-            if attempt == self.max_restarts:
-                break
-            self._recover(restarted)
-            todo = sorted(restarted & busy)
-        raise RuntimeError(f"generation engines {sorted(restarted)} died again after {self.max_restarts} restart(s)")
-
     def _encode(self, prompts: list[Prompt]) -> list[EncodedPrompt]:
         """Tokenize on engine 0 (weights play no part, so a restarted engine answers the same)."""
-        retries = self.max_restarts
+        retries = self.group.max_restarts
         while True:
             try:
                 return ray.get(self.engines[0].encode.remote(prompts))
@@ -158,7 +110,7 @@ class GenerationPool:
                 if retries == 0:
                     raise
                 retries -= 1
-                self._ready_infos()  # wait until it is back
+                self.group.live_pids()  # wait until it is back
 
     def _prepare(self, prompts: list[Prompt], max_tokens: int) -> list[EncodedPrompt]:
         """Tokenize on engine 0 and apply the overlong policy; counts go to `self.last`."""
@@ -182,8 +134,7 @@ class GenerationPool:
         start = time.perf_counter()
         encoded = self._prepare(prompts, max_tokens)
         shards = spread([len(p.token_ids) + k * max_tokens for p in encoded], self.num_engines)
-        parts = self._call_shards(method, [[encoded[i] for i in shard] for shard in shards], args)
-        rollouts = sorted((r for part in parts for r in part), key=lambda r: r.prompt_index)
+        rollouts = self.group.shard(shards, method, encoded, *args)
         seconds = time.perf_counter() - start
         tokens = sum(len(c.token_ids) for r in rollouts for c in r.candidates)
         self.last.update(
@@ -218,7 +169,7 @@ class GenerationPool:
 
     def fan_out(self, method: str, *args: Any) -> list[Any]:
         """Call `method(*args)` on every engine concurrently; their results, in engine order."""
-        return ray.get([getattr(e, method).remote(*args) for e in self.engines])
+        return self.group.call(method, *args)
 
     def sleep(self, level: int = 1) -> bool:
         """Sleep every engine (GPU, colocated); False where sleep mode is off (CPU)."""
@@ -234,7 +185,7 @@ class GenerationPool:
         if "rank_offset" in init_info:
             for i, info in enumerate(infos):
                 info["rank_offset"] = init_info["rank_offset"] + i * self.engine_tp
-        ray.get([e.init_weight_transfer_engine.remote(info) for e, info in zip(self.engines, infos)])
+        self.group.call_each("init_weight_transfer_engine", [(info,) for info in infos])
 
     def update_weights(self, bucket_source: Iterable[ray.ObjectRef], max_inflight: int = 2) -> tuple[int, int]:
         """Feed every bucket ref (CPU object-store backend) to all engines; (buckets, bytes) loaded.

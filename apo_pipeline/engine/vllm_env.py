@@ -70,10 +70,16 @@ def llm_kwargs(
     weight_transfer_backend: str | None = None,
     sleep_mode: bool = False,
     trust_remote_code: bool = False,
+    gpu_memory_utilization: float | None = None,
+    block_size: int | None = None,
+    log_stats: bool = False,
 ) -> dict[str, Any]:
     """Keyword arguments of `vllm.LLM` for one engine of `tp` devices (tp is 1 on CPU).
 
     `sleep_mode` (GPU only) lets a colocated engine free its memory for the learner.
+    `gpu_memory_utilization` (GPU) overrides `cluster.gpu_memory_utilization` for this engine;
+    `block_size` (tokens per KV-cache block, the unit prefix caching reuses) overrides vLLM's
+    default; `log_stats` keeps vLLM's stats on (`LLM.get_metrics()`: prefix-cache hits, tokens).
     """
     kwargs: dict[str, Any] = {
         "model": model_path,
@@ -87,12 +93,16 @@ def llm_kwargs(
     }
     if weight_transfer_backend is not None:
         kwargs["weight_transfer_config"] = {"backend": weight_transfer_backend}
+    if block_size is not None:
+        kwargs["block_size"] = block_size
+    if log_stats:
+        kwargs["disable_log_stats"] = False
     if cluster.use_gpu:
         kwargs.update(
             dtype=dtype,
             tensor_parallel_size=tp,
             distributed_executor_backend="ray" if tp > 1 else "uni",
-            gpu_memory_utilization=cluster.gpu_memory_utilization,
+            gpu_memory_utilization=gpu_memory_utilization or cluster.gpu_memory_utilization,
             enable_sleep_mode=sleep_mode,
         )
         return kwargs

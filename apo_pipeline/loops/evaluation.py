@@ -18,8 +18,6 @@ from pathlib import Path
 from statistics import fmean
 from typing import TYPE_CHECKING, Any
 
-import ray
-
 from apo_pipeline.config.sections import EvalConfig, GenerationConfig
 from apo_pipeline.rollout import Rollout
 from apo_pipeline.seeds import derive_seed
@@ -91,7 +89,7 @@ class Evaluator:
         if not pairs:
             return None, 0
         asked = [(p, a, b) for p, a, b in pairs] + [(p, b, a) for p, a, b in pairs]
-        probs = ray.get(self.pipe.judge.compare_batch.remote(asked))
+        probs = self.pipe.judge.compare_batch(asked)
         combined = both_order_probs(list(probs[: len(pairs)]), list(probs[len(pairs):]))
         scored = [p for p in combined if p is not None]
         return (fmean(scored) if scored else None), len(combined) - len(scored)

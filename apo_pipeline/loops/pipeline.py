@@ -1,6 +1,6 @@
 """`Pipeline`: the actors of one run and the stage operations every loop is written in.
 
-It owns the placement groups, the generation pool (`gen-*`), the judge (`judge-0`), the learner
+It owns the placement groups, the generation pool (`gen-*`), the judge pool (`judge-*`), the learner
 group (`learner-*`) and the `weight-sync` actor, plus the run directory, metrics and stage timer.
 Each method is one stage of the papers' pseudo-code, timed and logged:
 `generate`, `rank` / `win_rates`, `reference_logps`, `train`, `sync`, `evaluate`, `checkpoint`.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,17 +19,17 @@ import ray
 
 from apo_pipeline.config import BaseJobConfig
 from apo_pipeline.config.sections import GenerationConfig
-from apo_pipeline.engine.judge import Judge
+from apo_pipeline.engine.judge_pool import JudgePool
 from apo_pipeline.engine.learner_group import LearnerGroup
 from apo_pipeline.engine.placement import Placement
 from apo_pipeline.engine.pool import GenerationPool
 from apo_pipeline.engine.weight_sync import WeightSync, bucket_bytes
+from apo_pipeline.engine.worker_group import wait_names_free
 from apo_pipeline.loops.evaluation import Evaluator
 from apo_pipeline.loops.stop import RunStopped
 from apo_pipeline.loops.resume import ResumePoint, restore_latest, save_round
 from apo_pipeline.loops.schedule import epoch_steps, step_batches
 from apo_pipeline.monitoring import StageTimer, console, open_run_metrics
-from apo_pipeline.monitoring.actor_logs import actor_env
 from apo_pipeline.ranking import PromptRanking, WinRates
 from apo_pipeline.rollout import Rollout, TrainGroup
 from apo_pipeline.seeds import derive_seed
@@ -49,7 +48,6 @@ TRAIN_FIELDS = {
 }  # and every dyn/<a>/<b> metric as dyn_<a>_<b> (the dynamics probe, see `train_fields`)
 REFERENCE = "reference"  # the learner's kept weights of pi_ref under `algorithm.reference: initial`
 
-JUDGE_BACKEND_COUNTS = ("scored", "retried", "overlong", "errors")
 JUDGE_SETUP = ("chat", "label_variant", "label_mass", "label_masses", "probes")
 
 
@@ -103,21 +101,16 @@ class Pipeline:
             max_restarts=cfg.fault.actor_restarts,
         )
         self.pool.restart_hook = self._resync_engines
-        judge_opts = self.placement.options("judge", 0) if cfg.judge.backend == "llm" else {
-            "name": "judge-0", "num_cpus": 0, "runtime_env": actor_env("judge-0")}
-        # The judge holds no state a restart loses: Ray re-sends its in-flight calls to the new process.
-        restarts = cfg.fault.actor_restarts
-        self.judge = Judge.options(**judge_opts, max_restarts=restarts, max_task_retries=restarts).remote(
-            cfg.judge, cl, model_path=judge_dir, seed=cfg.seed)
+        self.judge = JudgePool(cfg.judge, cl, self.placement, model_path=judge_dir, seed=cfg.seed,
+                               max_restarts=cfg.fault.actor_restarts)
         self.learner = LearnerGroup(cfg.model.model_copy(update={"path": str(self.model_dir)}), cfg.learner,
                                     cfg.algorithm, self.placement, total_steps=self.total_steps, seed=cfg.seed)
         self.weight_sync = WeightSync.options(**self.placement.options("weight-sync")).remote(self.pool)
         self.evaluator = Evaluator(self, cfg.eval, cfg.generation.max_tokens)
-        self._judge_seen: dict[str, int] = {}
         self.round = 0  # the round whose stages run now (for the logs of an engine re-sync)
         self.consumed_prompts = 0
         if llm_judge:  # which label tokens and chat setting the judge chose at start-up
-            setup = {k: v for k, v in ray.get(self.judge.metrics.remote()).items() if k in JUDGE_SETUP}
+            setup = {k: v for k, v in ray.get(self.judge.judges[0].metrics.remote()).items() if k in JUDGE_SETUP}
             self.log.log("judge_setup", **setup)
             log.info("llm judge: labels %s (probability mass %.3f on the probes), chat template %s",
                      setup.get("label_variant"), setup.get("label_mass", float("nan")), setup.get("chat"))
@@ -156,9 +149,9 @@ class Pipeline:
     def rank(self, rollouts: list[Rollout], index: int) -> list[PromptRanking]:
         """Iterative pairwise ranking (K-1 rounds) of every prompt's candidates by the judge."""
         with self.timer.stage("judge", **{self.unit: index}):
-            result = ray.get(self.judge.rank.remote(
+            result = self.judge.rank(
                 [r.judge_prompt for r in rollouts], [[c.text for c in r.candidates] for r in rollouts],
-                derive_seed(self.cfg.seed, "rank-ties", index)))
+                derive_seed(self.cfg.seed, "rank-ties", index))
         t = result.totals
         counts = self._log_judge(index, comparisons=t["comparisons"], asked=t["asked"], ties=t["ties"], failed=t["failures"],
                                  partial=t["partial_failures"], judge_calls=result.judge_calls)
@@ -168,8 +161,8 @@ class Pipeline:
     def win_rates(self, rollouts: list[Rollout], index: int) -> list[WinRates]:
         """Full K x K win-rate matrices (SPPO)."""
         with self.timer.stage("judge", **{self.unit: index}):
-            rates = ray.get(self.judge.win_matrix.remote(
-                [r.judge_prompt for r in rollouts], [[c.text for c in r.candidates] for r in rollouts]))
+            rates = self.judge.win_rates(
+                [r.judge_prompt for r in rollouts], [[c.text for c in r.candidates] for r in rollouts])
         counts = self._log_judge(index, failed=sum(w.failures for w in rates), partial=sum(w.partial_failures for w in rates))
         self._stop_if_all_dropped(index, [w.chosen for w in rates], counts)
         return rates
@@ -187,13 +180,9 @@ class Pipeline:
 
     def _log_judge(self, index: int, **counts: int) -> dict[str, Any]:
         """One "judge" event: the ranking's counts (`failed`: comparisons never scored, counted, not
-        guessed) plus what the backend counted since the last event (llm: scored, retried, overlong,
-        errors)."""
-        now = ray.get(self.judge.metrics.remote())
-        backend = {k: v - self._judge_seen.get(k, 0) if v >= self._judge_seen.get(k, 0) else v  # a restart resets them
-                   for k, v in now.items() if k in JUDGE_BACKEND_COUNTS}
-        self._judge_seen = now
-        fields = {**counts, **backend}
+        guessed) plus what the judges counted since the last event (`JudgePool.take_counts`:
+        comparisons/s; llm: scored, retried, overlong, errors, tokens/s, prefix-cache hits)."""
+        fields = {**counts, **self.judge.take_counts()}
         self.log.log("judge", **{self.unit: index}, **fields)
         return fields
 
@@ -275,11 +264,9 @@ class Pipeline:
 
     def actor_pids(self) -> dict[str, int]:
         """Process id of every actor by its dashboard name (what an operator kills or inspects)."""
-        handles = {f"learner-{i}": r for i, r in enumerate(self.learner.ranks)}
-        handles.update({f"gen-{i}": e for i, e in enumerate(self.pool.engines)})
-        handles.update({"judge-0": self.judge, "weight-sync": self.weight_sync})
-        pids = ray.get([h.__ray_call__.remote(lambda actor: os.getpid()) for h in handles.values()])
-        return dict(zip(handles, pids))
+        pids = {**self.learner.group.actor_pids(), **self.pool.group.actor_pids(), **self.judge.group.actor_pids()}
+        pids["weight-sync"] = ray.get(self.weight_sync.__ray_call__.remote(lambda actor: os.getpid()))
+        return pids
 
     def checkpoint(self, done: int, step: int, round_steps: int = 0) -> None:
         """Checkpoint after round `done` plus `round_steps` steps of the next (next global step
@@ -317,11 +304,11 @@ class Pipeline:
     def shutdown(self) -> None:
         """Kill every actor and free the placement; returns once the role names can be reused
         (a job restore builds the next pipeline in the same Ray namespace)."""
-        names = [f"learner-{i}" for i in range(len(self.learner.ranks))]
-        names += ["weight-sync", "judge-0", *(f"gen-{i}" for i in range(len(self.pool.engines)))]
-        self.learner.shutdown()
-        for handle in (self.weight_sync, self.judge, *self.pool.engines):
-            ray.kill(handle)
+        groups = (self.learner.group, self.judge.group, self.pool.group)
+        names = [name for group in groups for name in group.names] + ["weight-sync"]
+        for group in groups:
+            group.shutdown(wait=False)
+        ray.kill(self.weight_sync)
         self.placement.remove()
         self.log.close()
         wait_names_free(names)
@@ -349,18 +336,6 @@ def train_fields(metrics: dict[str, float]) -> dict[str, float]:
     fields = {TRAIN_FIELDS[k]: v for k, v in metrics.items() if k in TRAIN_FIELDS}
     fields.update({k.replace("/", "_"): v for k, v in metrics.items() if k.startswith("dyn/")})
     return fields
-
-
-def wait_names_free(names: list[str], timeout_s: float = 60.0) -> None:
-    """Poll until no live actor holds any of `names` (ray.kill returns before the name is released)."""
-    deadline = time.monotonic() + timeout_s
-    for name in names:
-        while time.monotonic() < deadline:
-            try:
-                ray.get_actor(name)
-            except ValueError:
-                break
-            time.sleep(0.2)
 
 
 def judgements_from_rankings(rollouts: list[Rollout], rankings: list[PromptRanking]) -> list[Judgement]:

@@ -7,6 +7,9 @@ that changes its weights puts the original ones back before it ends.
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 import ray
 import torch
@@ -68,6 +71,35 @@ def gen_pool(placement: Placement, cluster: ClusterConfig, tiny_model_dir: str) 
     if ray.is_initialized():
         for engine in pool.engines:
             ray.kill(engine)
+
+
+class KilledOnSubmit:
+    """A real actor handle whose process is SIGKILLed right after its first `method` call is
+    submitted: a death during the call on a machine of any speed (a timer can fire after it)."""
+
+    def __init__(self, handle, method: str, pid: int) -> None:
+        self.handle, self.method, self.pid, self.fired = handle, method, pid, False
+
+    def __getattr__(self, name: str):
+        attr = getattr(self.handle, name)
+        if name != self.method or self.fired:
+            return attr
+        outer = self
+
+        class _Submit:
+            def remote(self, *args):
+                ref = attr.remote(*args)
+                outer.fired = True
+                os.kill(outer.pid, signal.SIGKILL)
+                return ref
+
+        return _Submit()
+
+
+@pytest.fixture
+def killed_on_submit() -> type[KilledOnSubmit]:
+    """`KilledOnSubmit(handle, method, pid)`: put it in place of a worker to kill it mid-call."""
+    return KilledOnSubmit
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from apo_pipeline.config.sections import ClusterConfig, GenerationConfig, SyncConfig
 from apo_pipeline.engine.generation import encode_prompt, request_seed
-from apo_pipeline.engine.pool import spread
 from apo_pipeline.engine.vllm_env import CPU_WEIGHT_TRANSFER_BACKEND, llm_kwargs, sync_backend
 
 PROMPTS = [
@@ -28,12 +27,6 @@ GEN = GenerationConfig(temperatures=[0.6, 0.8, 1.0], n_per_temperature=2, max_to
 @pytest.fixture(scope="module")
 def rollouts(gen_pool):
     return gen_pool.sample(PROMPTS, GEN, seed=7)
-
-
-def test_spread_balances_cost() -> None:
-    assert spread([5, 5, 5, 5], 2) == [[0, 2], [1, 3]]
-    assert spread([10, 1, 1, 1], 2) == [[0], [1, 2, 3]]
-    assert spread([3], 3) == [[0], [], []]
 
 
 def test_engine_settings_per_device() -> None:
@@ -152,31 +145,8 @@ def _ids(rollouts) -> list:
     return [(r.prompt_index, [c.token_ids for c in r.candidates]) for r in rollouts]
 
 
-class _KilledOnSubmit:
-    """A real engine handle whose process is SIGKILLed right after its first `method` call is
-    submitted: a death during the call on a machine of any speed (a timer can fire after it)."""
-
-    def __init__(self, handle, method: str, pid: int) -> None:
-        self.handle, self.method, self.pid, self.fired = handle, method, pid, False
-
-    def __getattr__(self, name: str):
-        attr = getattr(self.handle, name)
-        if name != self.method or self.fired:
-            return attr
-        outer = self
-
-        class _Submit:
-            def remote(self, *args):
-                ref = attr.remote(*args)
-                outer.fired = True
-                os.kill(outer.pid, signal.SIGKILL)
-                return ref
-
-        return _Submit()
-
-
 @pytest.mark.slow
-def test_dead_engines_restart_and_their_prompts_are_resent(gen_pool, rollouts) -> None:
+def test_dead_engines_restart_and_their_prompts_are_resent(gen_pool, rollouts, killed_on_submit) -> None:
     """SIGKILL an engine between two calls, then another one during a call: Ray restarts each, the
     pool re-syncs (its hook) and re-sends their shards, and every prompt comes back once, exactly
     as without the failure."""
@@ -185,16 +155,16 @@ def test_dead_engines_restart_and_their_prompts_are_resent(gen_pool, rollouts) -
     before = gen_pool.totals["engine_restarts"]
     engine0 = gen_pool.engines[0]
     try:
-        first = gen_pool.engine_info[1]["pid"]
+        first = gen_pool.group.pids[1]
         os.kill(first, signal.SIGKILL)
         assert _ids(gen_pool.sample(PROMPTS, GEN, seed=7)) == _ids(rollouts)
-        assert gen_pool.engine_info[1]["pid"] != first
+        assert gen_pool.group.pids[1] != first
 
-        killed = _KilledOnSubmit(engine0, "sample", gen_pool.engine_info[0]["pid"])
+        killed = killed_on_submit(engine0, "sample", gen_pool.group.pids[0])
         gen_pool.engines[0] = killed
         again = gen_pool.sample(PROMPTS, GEN, seed=7)
         assert killed.fired and _ids(again) == _ids(rollouts)
-        assert gen_pool.engine_info[0]["pid"] != killed.pid
+        assert gen_pool.group.pids[0] != killed.pid
         assert gen_pool.totals["engine_restarts"] == before + 2 and hooks == [before + 1, before + 2]
     finally:
         gen_pool.engines[0] = engine0

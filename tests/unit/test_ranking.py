@@ -113,9 +113,21 @@ def test_ties_are_broken_by_a_seeded_coin():
 
     assert winners(7) == winners(7)
     assert winners(7) != winners(8)
-    assert winners(7) == [
-        r.winner for r in iterative_ranking(prompts, candidates, Judge(constant=0.5), rng=random.Random(7)).prompts
-    ]
+
+
+def test_tie_breaks_do_not_depend_on_batch_position():
+    """A prompt's coin is its own: ranked alone, in another order or in a shard of the batch (a
+    judge pool of any size), it gets the same winner."""
+    prompts = [f"p{i}" for i in range(12)]
+    candidates = [cands([0.0] * 4) for _ in prompts]
+
+    def winners(ps, cs):
+        return [r.winner for r in iterative_ranking(ps, cs, Judge(constant=0.5), seed=3).prompts]
+
+    whole = winners(prompts, candidates)
+    assert len(set(whole)) > 1  # the coins differ between prompts
+    assert winners(prompts[5:], candidates[5:]) + winners(prompts[:5], candidates[:5]) == whole[5:] + whole[:5]
+    assert winners(prompts[::-1], candidates[::-1]) == whole[::-1]
 
 
 def test_judge_contract_errors():
