@@ -3,7 +3,9 @@
 Each problem is one line `<key>: <reason>`; the job prints `<job>: <key>: <reason>` per problem and
 exits with code 2. The cheap checks run first (files, rows, paths: about one `import torch` of
 time); the tokenizer checks, which load tokenizers but never weights or engines, run only when
-those passed (importing transformers' AutoTokenizer costs about 3 s of CPU on its own):
+those passed. They read tokenizer.json with the `tokenizers` library (tokenizer_files.py), so a
+tokenizer or label problem also comes back in a few seconds; importing transformers' AutoTokenizer
+(about 3.5 s of CPU on its own) is left for tokenizers that have no tokenizer.json or need remote code:
 - the run directory: not in use by a live driver (`monitoring.run_state`); a re-run that would
   pick up saved state (a checkpoint or a round's tables) refuses unsafe config changes
   (`loops.resume.check_resume_config`); a directory holding neither accepts any config, so a
@@ -33,6 +35,7 @@ from typing import Any
 from apo_pipeline.config import BaseJobConfig, ConfigError
 from apo_pipeline.task.model_sources import GGUF_PREFIX
 from apo_pipeline.task.model_spec import BUILTIN_MODELS, is_builtin_model, resolve_model
+from apo_pipeline.tokenizer_files import FileTokenizer, read_tokenizer
 
 TokenizerLoader = Callable[[], Any]
 ModelCheck = Callable[..., "TokenizerLoader | None"]
@@ -46,10 +49,11 @@ def register_model_source(name_or_prefix: str, check: ModelCheck) -> None:
     MODEL_SOURCES[name_or_prefix] = check
 
 
-def _tiny_tokenizer() -> Any:
-    from apo_pipeline.task.tokenizer import build_tokenizer
+def _tiny_tokenizer() -> FileTokenizer:
+    from apo_pipeline.task.tokenizer import CHAT_TEMPLATE, PAD, build_core
 
-    return build_tokenizer()
+    core = build_core()
+    return FileTokenizer(core, core.token_to_id(PAD), CHAT_TEMPLATE)
 
 
 def _builtin_tiny(spec: str, *, key: str = "model.path", trust_remote_code: bool = False) -> TokenizerLoader:
@@ -59,14 +63,18 @@ def _builtin_tiny(spec: str, *, key: str = "model.path", trust_remote_code: bool
 
 def _tokenizer_loader(spec: str, path: Path, trust_remote_code: bool) -> TokenizerLoader:
     """Loads the tokenizer of HF directory `path`; it must encode text (vLLM and the learner load it
-    too). Without vocabulary files transformers builds an empty tokenizer rather than failing: the
-    probe catches that."""
+    too). From its files with the `tokenizers` library when it has a tokenizer.json and no remote
+    code (tokenizer_files.py: seconds faster than importing transformers), else with AutoTokenizer.
+    Without vocabulary files transformers builds an empty tokenizer rather than failing: the probe
+    catches that."""
 
     def load() -> Any:
-        from transformers import AutoTokenizer
-
         try:
-            tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+            tok = None if trust_remote_code else read_tokenizer(path)
+            if tok is None:
+                from transformers import AutoTokenizer
+
+                tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
         except Exception as exc:  # transformers raises many kinds; all mean "no usable tokenizer"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ValueError(f"{spec}: no loadable tokenizer ({first})") from None

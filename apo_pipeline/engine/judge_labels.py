@@ -5,7 +5,8 @@ one the judge emits depends on the template and chat rendering ("Answer:" is usu
 " A"; the first token of a chat assistant turn by "A"). `label_variants` lists the spellings under
 which both labels are single, distinct, known tokens; `choose_variant` picks the one whose two
 tokens carry the most next-token probability on a few rendered probe comparisons (`PROBES`, both
-orders). Pure Python: the engine call that produces the top-k log-probs is the backend's.
+orders). Pure Python, no transformers import (preflight uses it too): the engine call that produces
+the top-k log-probs is the backend's.
 """
 
 from __future__ import annotations
@@ -13,10 +14,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+
+class LabelTokenizer(Protocol):
+    """What the label check uses of a tokenizer: a transformers one (the judge) or preflight's
+    `tokenizer_files.FileTokenizer`."""
+
+    unk_token_id: int | None
+
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+
 
 PREFIXES = ("", " ")
 
@@ -43,14 +51,14 @@ class LabelVariant:
         return "/".join(repr(t) for t in self.texts)
 
 
-def _single_token(tokenizer: "PreTrainedTokenizerBase", text: str) -> int | None:
+def _single_token(tokenizer: LabelTokenizer, text: str) -> int | None:
     tokens = tokenizer.encode(text, add_special_tokens=False)
     if len(tokens) != 1 or tokens[0] == tokenizer.unk_token_id:
         return None
     return tokens[0]
 
 
-def label_variants(tokenizer: "PreTrainedTokenizerBase", labels: tuple[str, str]) -> list[LabelVariant]:
+def label_variants(tokenizer: LabelTokenizer, labels: tuple[str, str]) -> list[LabelVariant]:
     """The spellings ("A" and " A", ...) under which both labels are single, distinct, known tokens.
 
     ValueError naming `judge.labels` when there is none."""

@@ -12,10 +12,14 @@ Digits are always single tokens, so ``"reverse:31415="`` is 8 tokens.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 from apo_pipeline.task.synthetic import INSTRUCTION
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 # Qwen2's pre-tokenizer split (transformers/models/qwen2/tokenization_qwen2.py).
 QWEN2_SPLIT_REGEX = (
@@ -50,8 +54,9 @@ def _vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return {tok: i for i, tok in enumerate(tokens)}, merges
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """The task tokenizer (281 tokens): pad ``<|endoftext|>``, eos ``<|im_end|>``, chat template."""
+def build_core() -> Tokenizer:
+    """The task tokenizer's `tokenizers` pipeline, special tokens included (no transformers import:
+    preflight checks it in a fraction of a second)."""
     vocab, merges = _vocab_and_merges()
     core = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
     core.normalizer = normalizers.NFC()
@@ -65,8 +70,15 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     core.add_special_tokens(
         [AddedToken(tok, special=True, normalized=False) for tok in SPECIAL_TOKENS]
     )
+    return core
+
+
+def build_tokenizer() -> "PreTrainedTokenizerFast":
+    """The task tokenizer (281 tokens): pad ``<|endoftext|>``, eos ``<|im_end|>``, chat template."""
+    from transformers import PreTrainedTokenizerFast
+
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
+        tokenizer_object=build_core(),
         pad_token=PAD,
         unk_token=PAD,
         eos_token=EOS,

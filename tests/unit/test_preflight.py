@@ -14,6 +14,7 @@ import pytest
 from apo_pipeline.config import MCPOConfig, OnMCPOConfig, load_config
 from apo_pipeline.preflight import MODEL_SOURCES, preflight, register_model_source
 from apo_pipeline.task.tiny_model import random_tiny_model
+from apo_pipeline.tokenizer_files import read_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,8 +73,8 @@ def test_model_sources(tmp_path, model_dir):
     no_tokenizer = tmp_path / "weights-only"
     no_tokenizer.mkdir()
     shutil.copy(model_dir / "config.json", no_tokenizer)
-    [problem] = preflight(cfg(f"model.path={no_tokenizer}"), tmp_path)
-    assert problem.startswith(f"model.path: {no_tokenizer}: no loadable tokenizer (")
+    assert preflight(cfg(f"model.path={no_tokenizer}"), tmp_path) == [f"model.path: {no_tokenizer}: no loadable tokenizer "
+                                                                    "(no tokenizer file: tokenizer.json, tokenizer_config.json, tokenizer.model, vocab.json, ...)"]
 
 
 def test_chat_needs_a_chat_template(tmp_path, model_dir):
@@ -96,6 +97,31 @@ def test_judge_labels_must_be_single_tokens_of_the_judges_tokenizer(tmp_path, mo
     assert problem.startswith("judge.labels: ('Answer A', 'B') are not two distinct single tokens")
     assert preflight(cfg("judge.backend=llm", "judge.model=/no/judge"), tmp_path) == [
         "judge.model: model directory not found: /no/judge (models are never downloaded)"]
+
+
+def test_the_tokenizer_checks_read_tokenizer_json_as_transformers_does(tmp_path, model_dir):
+    """tokenizer_files.read_tokenizer (the `tokenizers` library, no transformers import) gives the
+    ids, unknown token and chat template AutoTokenizer gives; without tokenizer.json transformers
+    loads what is there; a malformed tokenizer.json is named."""
+    from transformers import AutoTokenizer
+
+    from apo_pipeline.engine.judge_labels import label_variants
+
+    fast, slow = read_tokenizer(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    assert fast.unk_token_id == slow.unk_token_id is not None and fast.chat_template == slow.chat_template
+    for text in ("A", " A", "Answer A", "Hello, world", "<|im_end|> Über\ttabs\n", "reverse:31415="):
+        assert fast.encode(text, add_special_tokens=False) == slow.encode(text, add_special_tokens=False), text
+        assert fast.encode(text) == slow.encode(text), text
+    assert label_variants(fast, ("A", "B")) == label_variants(slow, ("A", "B"))
+    slow_only = tmp_path / "slow-only"
+    shutil.copytree(model_dir, slow_only)
+    (slow_only / "tokenizer.json").unlink()
+    assert read_tokenizer(slow_only) is None  # tokenizer_config.json is there: AutoTokenizer decides
+    [problem] = preflight(cfg(f"model.path={slow_only}"), tmp_path / "run")
+    assert problem.startswith(f"model.path: {slow_only}: no loadable tokenizer (")
+    (slow_only / "tokenizer.json").write_text("{not json")
+    [problem] = preflight(cfg(f"model.path={slow_only}"), tmp_path / "run")
+    assert problem.startswith(f"model.path: {slow_only}: no loadable tokenizer (tokenizer.json: ")
 
 
 def test_gguf_sources_are_checked_without_converting(tmp_path):
@@ -153,3 +179,25 @@ def test_the_job_prints_one_line_per_problem_and_starts_nothing(tmp_path, jsonl)
         "onmcpo: model.path: model directory not found: no-such-dir (models are never downloaded)",
     ]
     assert not run_dir.exists()
+
+
+def test_tokenizer_and_label_failures_come_back_without_transformers(tmp_path, model_dir):
+    """A job whose judge labels are not single tokens, or whose model has no tokenizer, stops with one
+    line and exit code 2 having imported neither Ray nor transformers (whose AutoTokenizer import
+    alone costs about 3.5 s of CPU here; issue 14 asks for these lines within 5 s)."""
+    weights_only = tmp_path / "weights-only"
+    weights_only.mkdir()
+    shutil.copy(model_dir / "config.json", weights_only)
+    code = ("import json, sys; from apo_pipeline.launch import run_job; "
+            "rc = run_job('onmcpo', sys.argv[1:]); "
+            "print(json.dumps([rc, 'ray' in sys.modules, 'transformers' in sys.modules]))")
+    for args, line in (
+        (["judge.backend=llm", f"judge.model={model_dir}", "judge.labels=[Answer A, B]"],
+         "onmcpo: judge.labels: ('Answer A', 'B') are not two distinct single tokens under the judge's tokenizer"),
+        ([f"model.path={weights_only}", "data.chat=true"], f"onmcpo: model.path: {weights_only}: no loadable tokenizer (no tokenizer file"),
+    ):
+        proc = subprocess.run([sys.executable, "-c", code, "--run-dir", str(tmp_path / "run"), *args],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert json.loads(proc.stdout) == [2, False, False], proc.stderr
+        [printed] = proc.stderr.splitlines()
+        assert printed.startswith(line)
