@@ -23,7 +23,9 @@ from apo_pipeline.engine.judge_pool import JudgePool
 from apo_pipeline.engine.learner_group import LearnerGroup
 from apo_pipeline.engine.placement import Placement
 from apo_pipeline.engine.pool import GenerationPool
-from apo_pipeline.engine.weight_sync import WeightSync, bucket_bytes
+from apo_pipeline.engine.buckets import bucket_bytes
+from apo_pipeline.engine.synchronizer import make_synchronizer
+from apo_pipeline.engine.weight_sync import WeightSync
 from apo_pipeline.engine.worker_group import wait_names_free
 from apo_pipeline.loops.evaluation import Evaluator
 from apo_pipeline.loops.stop import RunStopped
@@ -106,6 +108,8 @@ class Pipeline:
         self.learner = LearnerGroup(cfg.model.model_copy(update={"path": str(self.model_dir)}), cfg.learner,
                                     cfg.algorithm, self.placement, total_steps=self.total_steps, seed=cfg.seed)
         self.weight_sync = WeightSync.options(**self.placement.options("weight-sync")).remote(self.pool)
+        self.synchronizer = make_synchronizer(self.learner, self.pool, self.weight_sync, bucket_bytes(cfg.sync.bucket_mb),
+                                              colocate=cl.colocate)
         self.evaluator = Evaluator(self, cfg.eval, cfg.generation.max_tokens)
         self.round = 0  # the round whose stages run now (for the logs of an engine re-sync)
         self.consumed_prompts = 0
@@ -206,9 +210,7 @@ class Pipeline:
         round. Returns the next global step."""
         batches = step_batches(len(groups), self.batch_size, steps, seed=derive_seed(self.cfg.seed, "batches", index))
         first, every = step - done_steps, self.cfg.checkpoint.every_steps
-        colocated = self.cfg.cluster.colocate
-        if colocated:
-            self.pool.sleep()  # GPU: vLLM sleep mode frees the engines' memory for the learner
+        self.synchronizer.before_train()  # colocated engines sleep (GPU: vLLM frees their memory for the learner)
         with self.timer.stage("train", **{self.unit: index}) as st:
             todo = range(done_steps, steps)
             for n in self.timer.progress(todo, desc=f"train {self.unit} {index}", total=len(todo)):
@@ -218,17 +220,13 @@ class Pipeline:
                 if every and (n + 1) % every == 0 and n + 1 < steps:
                     self.checkpoint(index - 1, first + n + 1, round_steps=n + 1)
             st["pairs"] = sum(len(batches[n]) for n in todo)
-        if colocated:
-            self.pool.wake_up()
+        self.synchronizer.after_train()
         return first + steps
 
     def sync(self, index: int) -> None:
         """Push the learner's full weights into every generation engine."""
         with self.timer.stage("sync", **{self.unit: index}) as st:
-            if self.pool.backend == "nccl":
-                self.learner.sync_weights_nccl(self.weight_sync, bucket_bytes(self.cfg.sync))
-                return
-            stats = self.learner.sync_weights(self.weight_sync, bucket_bytes(self.cfg.sync))
+            stats = self.synchronizer.sync()
             st["bytes"], st["buckets"] = stats.bytes, stats.buckets
 
     def should_evaluate(self, index: int, last: int) -> bool:

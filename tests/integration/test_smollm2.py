@@ -21,6 +21,7 @@ from apo_pipeline.engine.judge import Judge
 from apo_pipeline.engine.learner_group import LearnerGroup
 from apo_pipeline.engine.placement import Placement
 from apo_pipeline.engine.pool import GenerationPool
+from apo_pipeline.engine.synchronizer import ObjectStoreSync
 from apo_pipeline.engine.weight_sync import WeightSync
 from apo_pipeline.rollout import Rollout, TrainGroup
 from apo_pipeline.task.instructions import instruction_prompts
@@ -115,7 +116,7 @@ def test_learner_sync_on_tied_embeddings(smol, sampled, hf_reference, one_torch_
         group.ref_logps = logps
     for _ in range(2):
         learner.train_step(groups)
-    stats = learner.sync_weights(sync, BUCKET_BYTES)
+    stats = ObjectStoreSync(learner, pool, sync, BUCKET_BYTES).sync()
     assert stats.engines == 1 and stats.bytes < 560e6  # 538 MB of fp32 weights, the tied matrix once
     learner.export_hf(str(tmp_path / "hf"))
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
