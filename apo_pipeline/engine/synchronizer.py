@@ -18,6 +18,7 @@ Every `sync()` returns `SyncStats`; the pipeline logs its bytes and buckets.
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 
 import ray
 from ray.actor import ActorHandle
@@ -28,7 +29,7 @@ from apo_pipeline.engine.pool import GenerationPool
 from apo_pipeline.engine.worker_group import get_all
 
 
-class WeightSynchronizer:
+class WeightSynchronizer(ABC):
     """Moves the learner's full weights into every engine of `pool` (`bucket_bytes` per bucket).
 
     `before_train` / `after_train` bracket the learner's optimizer steps; here they do nothing
@@ -40,8 +41,9 @@ class WeightSynchronizer:
         self.weight_sync = weight_sync
         self.bucket_bytes = bucket_bytes
 
+    @abstractmethod
     def sync(self) -> SyncStats:
-        raise NotImplementedError
+        """Push the learner's current weights into every engine (a collective over the learner ranks)."""
 
     def before_train(self) -> None:
         """Nothing to free: the engines do not share the learner's devices."""
