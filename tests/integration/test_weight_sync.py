@@ -43,10 +43,11 @@ def test_pack_bucket_round_trips_any_dtype() -> None:
 
 @ray.remote(num_cpus=0)
 class BucketSource:
-    """Stands in for a learner rank: holds an HF model and streams its buckets (a Ray generator)."""
+    """Stands in for a learner rank: holds an HF model and streams its buckets (a Ray generator).
+    Actors of this module get what they need as arguments: its functions do not import in a worker."""
 
-    def __init__(self, model_dir: str, scale: float = 0.0) -> None:
-        self.model = perturbed(model_dir, scale) if scale else AutoModelForCausalLM.from_pretrained(model_dir)
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
 
     def stream_buckets(self, max_bytes: int):
         for bucket in make_buckets(self.model.named_parameters(), max_bytes):
@@ -83,7 +84,7 @@ def test_sync_round_trip(gen_pool, placement, tiny_model_dir, hf_reference, one_
     model = perturbed(tiny_model_dir)
     sync = WeightSync.options(**placement.options("weight-sync")).remote(gen_pool)
 
-    perturbed_source = BucketSource.remote(tiny_model_dir, 0.05)
+    perturbed_source = BucketSource.remote(model)
     stats = ray.get(sync.sync_stream.remote(perturbed_source, "stream_buckets", BUCKET_BYTES))
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     assert stats.buckets > 1 and stats.engines == 2
@@ -91,7 +92,7 @@ def test_sync_round_trip(gen_pool, placement, tiny_model_dir, hf_reference, one_
 
     assert_engines_serve(gen_pool, model, hf_reference, eos, before)
 
-    source = BucketSource.remote(tiny_model_dir)
+    source = BucketSource.remote(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
     restored = ray.get(sync.sync_stream.remote(source, "stream_buckets", BUCKET_BYTES))
     assert restored.buckets == stats.buckets
     assert [r.candidates[0].token_ids for r in gen_pool.generate_greedy(PROMPTS, MAX_TOKENS)] == before
@@ -126,7 +127,7 @@ def test_learner_sync_reaches_the_engines(gen_pool, tiny_model_dir, hf_reference
 
         assert_engines_serve(gen_pool, model, hf_reference, eos, before)
     finally:
-        source = BucketSource.remote(tiny_model_dir)
+        source = BucketSource.remote(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
         ray.get(sync.sync_stream.remote(source, "stream_buckets", BUCKET_BYTES))  # the session pool's weights back
         ray.kill(source)
         ray.kill(sync)
@@ -139,13 +140,13 @@ def test_learner_sync_reaches_the_engines(gen_pool, tiny_model_dir, hf_reference
 class NcclLearner:
     """GPU smoke: learner rank 0 holding the perturbed model on its GPU; sends it over NCCL."""
 
-    def __init__(self, model_dir: str, weight_sync: ray.actor.ActorHandle) -> None:
+    def __init__(self, model: torch.nn.Module, weight_sync: ray.actor.ActorHandle) -> None:
         from vllm.distributed.weight_transfer.base import ModuleSource
 
         with socket.socket() as s:
             s.bind(("", 0))
             port = s.getsockname()[1]
-        self.model = perturbed(model_dir).cuda()
+        self.model = model.cuda()
         address = ray.util.get_node_ip_address()
         self.sender = nccl_sender(weight_sync, rank=0, master_address=address, master_port=port, source=ModuleSource(self.model))
 
@@ -165,7 +166,7 @@ def test_nccl_sync_gpu_smoke(ray_session, tiny_model_dir, hf_reference) -> None:
     model = ModelConfig(path=tiny_model_dir)
     pool = GenerationPool(tiny_model_dir, model, cluster, placement, sync=SyncConfig(backend="nccl"))
     sync = WeightSync.options(**placement.options("weight-sync")).remote(pool)
-    learner = NcclLearner.options(**placement.options("learner", 0)).remote(tiny_model_dir, sync)
+    learner = NcclLearner.options(**placement.options("learner", 0)).remote(perturbed(tiny_model_dir), sync)
     before = [r.candidates[0].token_ids for r in pool.generate_greedy(PROMPTS, MAX_TOKENS)]
     ray.get(learner.send.remote())
     reference = perturbed(tiny_model_dir)
