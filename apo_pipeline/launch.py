@@ -42,7 +42,7 @@ def parse_args(job: str, argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", help=f"YAML config (default: jobs/configs/{job}.yaml)")
     p.add_argument("--run-dir", help=f"run directory (default: runs/{job})")
     p.add_argument("--preset", help="preset name (jobs/configs/presets/<job>-<name>.yaml) or a YAML path")
-    p.add_argument("--address", help="Ray address to join (default: RAY_ADDRESS, else a local Ray); sets cluster.address")
+    p.add_argument("--address", help="Ray address to join (default: RAY_ADDRESS, else cluster.address, else a local Ray); sets cluster.address")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, applied last")
     return p.parse_args(argv)
 
@@ -63,8 +63,15 @@ def resolve_preset(job: str, preset: str | None) -> Path | None:
 def resolve_config(job: str, args: argparse.Namespace) -> BaseJobConfig:
     """Defaults -> config file -> preset -> overrides; raises ConfigError naming the key."""
     config_file = Path(args.config) if args.config else CONFIG_DIR / f"{job}.yaml"
-    overrides = [*args.overrides, *([f"cluster.address={args.address}"] if args.address else [])]
+    address = joined_address(args.address)  # set before validation: a joined cluster is not held to the local CPUs
+    overrides = [*args.overrides, *([f"cluster.address={address}"] if address else [])]
     return load_config(JOB_CONFIGS[job], config_file, overrides, resolve_preset(job, args.preset))
+
+
+def joined_address(address: str | None) -> str | None:
+    """The Ray cluster the job joins: `--address`, else RAY_ADDRESS (`ray job submit` sets it), else
+    None (then `cluster.address`, or a new local Ray)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
 
 
 def init_ray(cfg: BaseJobConfig, address: str | None, log_dir: Path | None = None) -> str | None:
@@ -75,7 +82,7 @@ def init_ray(cfg: BaseJobConfig, address: str | None, log_dir: Path | None = Non
     """
     import ray
 
-    address = address or cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    address = joined_address(address) or cfg.cluster.address
     common = {"namespace": f"apo-{cfg.name}", "runtime_env": job_runtime_env(log_dir), "log_to_driver": log_dir is None}
     if address:
         ctx = ray.init(address=address, **common)

@@ -2,7 +2,7 @@
 
 Setup: one local Ray with a `LearnerGroup` of 1 rank (DeepSpeed ZeRO-2, fp32) and a
 `GenerationPool` of 1 engine on the benchmark model, 1 CPU each, and the `weight-sync` actor.
-A sync is `LearnerGroup.sync_weights(weight_sync, bucket_bytes)` timed from the driver: rank 0
+A sync is `ObjectStoreSync(learner, pool, weight_sync, bucket_bytes).sync()` timed from the driver: rank 0
 streams packed buckets through the Ray object store, the weight-sync actor feeds them to the
 engine, which loads them with vLLM's weight-transfer API. The copy is `dst.copy_(src)` for every
 parameter of the same model into preallocated tensors, in the driver on 1 torch thread. Syncs at
@@ -25,7 +25,9 @@ from apo_pipeline.config.sections import AlgorithmConfig, ClusterConfig, Learner
 from apo_pipeline.engine.learner_group import LearnerGroup
 from apo_pipeline.engine.placement import Placement
 from apo_pipeline.engine.pool import GenerationPool
-from apo_pipeline.engine.weight_sync import MIB, WeightSync
+from apo_pipeline.engine.buckets import MIB
+from apo_pipeline.engine.synchronizer import ObjectStoreSync
+from apo_pipeline.engine.weight_sync import WeightSync
 from common import MAX_MODEL_LEN, SEED, build_model, interleave, model_info, ratio, start_ray, summary, write_result
 
 BUCKETS_MIB = (1, 4, 16, 64)
@@ -58,8 +60,9 @@ def main() -> None:
         sync = WeightSync.options(**placement.options("weight-sync")).remote(pool)
         copy, copied_bytes = copier(model_dir)
 
-        stats = {mib: learner.sync_weights(sync, mib * MIB) for mib in BUCKETS_MIB}
-        cases = {f"sync_{mib}MiB": (lambda mib=mib: learner.sync_weights(sync, mib * MIB)) for mib in BUCKETS_MIB}
+        syncs = {mib: ObjectStoreSync(learner, pool, sync, mib * MIB) for mib in BUCKETS_MIB}
+        stats = {mib: syncs[mib].sync() for mib in BUCKETS_MIB}
+        cases = {f"sync_{mib}MiB": syncs[mib].sync for mib in BUCKETS_MIB}
         seconds = interleave({**cases, "memcpy": copy}, repeats=REPEATS)
         memcpy = summary(seconds["memcpy"])
         sweep = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -103,8 +102,8 @@ def _check_common(cfg: BaseJobConfig) -> None:
         need_cpu = _placement_cpus(cfg)
         if cl.num_cpus is not None and need_cpu > cl.num_cpus:
             _fail("cluster.learner_ranks", f"placement needs {need_cpu:g} CPUs but cluster.num_cpus = {cl.num_cpus}")
-        joins_cluster = cl.address is not None or bool(os.environ.get("RAY_ADDRESS"))  # as launch.init_ray decides
-        if cl.num_cpus is None and not joins_cluster and need_cpu > LOCAL_NUM_CPUS:
+        # launch.resolve_config sets cluster.address to the cluster the job joins (--address / RAY_ADDRESS)
+        if cl.num_cpus is None and cl.address is None and need_cpu > LOCAL_NUM_CPUS:
             _fail(
                 "cluster.learner_ranks",
                 f"placement needs {need_cpu:g} CPUs but a local Ray gets {LOCAL_NUM_CPUS} "

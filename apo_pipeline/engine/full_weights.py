@@ -20,7 +20,7 @@ import torch
 from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param, safe_set_local_fp32_param
 from torch import Tensor
 
-from apo_pipeline.engine.weight_sync import make_buckets
+from apo_pipeline.engine.buckets import make_buckets
 from apo_pipeline.momentum import extrapolate_tensor_
 
 

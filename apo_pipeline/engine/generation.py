@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 from apo_pipeline.config.sections import ClusterConfig, ModelConfig
+from apo_pipeline.engine.buckets import CPU_WEIGHT_TRANSFER_BACKEND
 from apo_pipeline.engine.vllm_env import (
-    CPU_WEIGHT_TRANSFER_BACKEND,
     LogprobsMode,
     apply_engine_env,
     build_llm,

@@ -1,6 +1,7 @@
 """The judge actor (`judge-<i>`): one interface over the `reward` and `llm` backends.
 
-Both backends answer `compare_batch(list of (prompt, a, b)) -> list of P(a beats b) or None`.
+Both backends are a `judge_backend.JudgeBackend`: `compare_batch(list of (prompt, a, b)) -> list of
+P(a beats b) or None`, and `metrics()`.
 `rank` (iterative pairwise ranking, K-1 rounds; each round for all prompts is one
 `compare_batch`, both orders when `judge.both_orders`) and `win_matrix` (full pairwise matrices
 with SPPO's scores, one `compare_batch`) are `apo_pipeline.ranking` run next to the backend, so
@@ -20,9 +21,8 @@ from typing import Any
 import ray
 
 from apo_pipeline.config.sections import ClusterConfig, JudgeConfig
+from apo_pipeline.judge_backend import Comparison, JudgeBackend
 from apo_pipeline.ranking import RankingResult, WinRates, iterative_ranking, win_rate_matrix
-
-Comparison = tuple[str, str, str]
 
 
 @ray.remote
@@ -43,22 +43,7 @@ class Judge:
         self.both_orders = judge.both_orders
         self.seed = seed
         self.stats = {"judged": 0, "busy_s": 0.0}
-        if judge.backend == "llm":
-            from apo_pipeline.engine.vllm_env import apply_engine_env
-
-            apply_engine_env()
-            from apo_pipeline.engine.llm_judge import LLMJudgeBackend
-
-            path = model_path or judge.model
-            if path is None:
-                raise ValueError("judge.model: the llm judge needs a model path")
-            self.backend = LLMJudgeBackend(path, judge, cluster, top_logprobs=top_logprobs, chat=chat, seed=seed)
-        else:
-            from apo_pipeline.task.reward_judge import BradleyTerryRewardJudge, load_reward_fn
-
-            reward_fn = load_reward_fn(judge.reward_fn)
-            self.backend = BradleyTerryRewardJudge(reward_fn, scale=judge.bt_scale, mode=judge.mode, seed=seed)
-
+        self.backend = make_backend(judge, cluster, model_path=model_path, top_logprobs=top_logprobs, chat=chat, seed=seed)
         self.meter = JudgeMeter(ray.get_runtime_context().get_actor_name() or "judge")
 
     def _judge(self, items: list[Comparison]) -> list[float | None]:
@@ -91,8 +76,26 @@ class Judge:
     def metrics(self) -> dict[str, Any]:
         """Counters since start: judged (comparisons answered), busy_s, and the backend's (llm:
         asked, scored, retried, failed, calls, ..., prompt_tokens, prefix_cache_hits / _queries)."""
-        metrics = getattr(self.backend, "metrics", None)
-        return dict(metrics() if callable(metrics) else {}, **self.stats)
+        return dict(self.backend.metrics(), **self.stats)
+
+
+def make_backend(
+    judge: JudgeConfig, cluster: ClusterConfig, *, model_path: str | None, top_logprobs: int, chat: bool | None, seed: int
+) -> JudgeBackend:
+    """The backend `judge.backend` names, built in this process (llm: its vLLM engine too)."""
+    if judge.backend == "llm":
+        from apo_pipeline.engine.vllm_env import apply_engine_env
+
+        apply_engine_env()
+        from apo_pipeline.engine.llm_judge import LLMJudgeBackend
+
+        path = model_path or judge.model
+        if path is None:
+            raise ValueError("judge.model: the llm judge needs a model path")
+        return LLMJudgeBackend(path, judge, cluster, top_logprobs=top_logprobs, chat=chat, seed=seed)
+    from apo_pipeline.task.reward_judge import BradleyTerryRewardJudge, load_reward_fn
+
+    return BradleyTerryRewardJudge(load_reward_fn(judge.reward_fn), scale=judge.bt_scale, mode=judge.mode, seed=seed)
 
 
 def count_delta(now: dict[str, Any], seen: dict[str, Any]) -> dict[str, float]:

@@ -25,9 +25,10 @@ from typing import Any
 from ray.actor import ActorHandle
 
 from apo_pipeline.config.sections import ClusterConfig, JudgeConfig
-from apo_pipeline.engine.judge import Comparison, Judge, count_delta
+from apo_pipeline.engine.judge import Judge, count_delta
 from apo_pipeline.engine.placement import Placement
 from apo_pipeline.engine.worker_group import WorkerGroup, gather, group_spread, spread
+from apo_pipeline.judge_backend import Comparison
 from apo_pipeline.ranking import RankingResult, WinRates
 
 # Backend counters that go into the pipeline's "judge" event (the ranking counts the rest).

@@ -24,8 +24,7 @@ from apo_pipeline.engine.batching import shard_indices
 from apo_pipeline.engine.learner_worker import LearnerWorker, StepReport
 from apo_pipeline.engine.placement import Placement
 from apo_pipeline.engine.preference_batch import validate_groups
-from apo_pipeline.engine.weight_sync import SyncStats
-from apo_pipeline.engine.worker_group import WorkerGroup, gather, get_all
+from apo_pipeline.engine.worker_group import WorkerGroup, gather
 from apo_pipeline.rollout import TrainGroup
 
 Sequences = Sequence[tuple[Sequence[int], Sequence[int]]]
@@ -52,7 +51,6 @@ class LearnerGroup:
         cluster = placement.cluster
         self.algorithm = algorithm
         self.world_size = cluster.learner_ranks
-        self.nccl_ready = False
         env = {} if cluster.use_gpu else {"DS_ACCELERATOR": "cpu"}
         self.group = WorkerGroup(
             ray.remote(LearnerWorker),
@@ -88,17 +86,11 @@ class LearnerGroup:
         """Call `method(*args)` on every rank at once; the results in rank order."""
         return self.group.call(method, *args)
 
-    def compute_logps(
-        self, items: Sequence[TrainGroup] | Sequences, weights: str | None = None
-    ) -> list[list[float]] | list[float]:
-        """Per-sequence summed log-probs (nats) without gradient, under the current policy or, with
-        `weights`, under those kept weights (`keep_weights`; swapped in and out on the ranks).
-
-        `items`: TrainGroups (-> one list of K values per group, candidate order) or
-        (prompt_ids, response_ids) pairs (-> one value per pair). Input order is kept.
-        """
-        groups = bool(items) and isinstance(items[0], TrainGroup)
-        pairs = [(g.prompt_ids, c) for g in items for c in g.candidate_ids] if groups else list(items)
+    def compute_logps(self, groups: Sequence[TrainGroup], weights: str | None = None) -> list[list[float]]:
+        """Per-candidate summed log-probs (nats) without gradient: one list of K values per group, in
+        candidate order, groups in input order; under the current policy or, with `weights`, under
+        those kept weights (`keep_weights`; swapped in and out on the ranks)."""
+        pairs = [(g.prompt_ids, c) for g in groups for c in g.candidate_ids]
         for i, (prompt, response) in enumerate(pairs):
             if not prompt or not response:
                 raise ValueError(f"sequence {i}: empty {'prompt' if not prompt else 'response'} token ids")
@@ -108,9 +100,7 @@ class LearnerGroup:
             [([pairs[i][0] for i in shard], [pairs[i][1] for i in shard], weights) for shard in shards],
         )
         flat = gather(shards, results, len(pairs))
-        if not groups:
-            return flat
-        bounds = np.cumsum([0] + [len(g.candidate_ids) for g in items])
+        bounds = np.cumsum([0] + [len(g.candidate_ids) for g in groups])
         return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     def train_step(
@@ -170,30 +160,6 @@ class LearnerGroup:
         """An HF model directory (safetensors of the full weights, config, tokenizer) at `directory`:
         the training weights, or the kept weights `weights`."""
         self._all("export_hf", directory, weights)
-
-    def weight_buckets(self, bucket_bytes: int) -> list[ray.ObjectRef]:
-        """Refs of `weight_sync.PackedBucket`s (owned by rank 0) holding every parameter once, in order;
-        pass them to `WeightSync.sync`. All buckets are in the object store at once."""
-        return self._all("weight_buckets", bucket_bytes)[0]
-
-    def sync_weights(self, weight_sync: ActorHandle, bucket_bytes: int) -> SyncStats:
-        """Stream the weights into every engine through `WeightSync.sync_stream` (at most its
-        `max_inflight` buckets alive at once); ranks > 0 join the gathers meanwhile."""
-        joins = [rank.join_weight_gathers.remote(bucket_bytes) for rank in self.ranks[1:]]
-        stats_ref = weight_sync.sync_stream.remote(self.ranks[0], "stream_weight_buckets", bucket_bytes)
-        stats = get_all([stats_ref, *joins])[0]
-        return stats
-
-    def sync_weights_nccl(self, weight_sync: ActorHandle, bucket_bytes: int) -> float:
-        """GPU: push the weights over vLLM's `nccl` backend (the group is formed on first use); seconds."""
-        start = time.perf_counter()
-        if not self.nccl_ready:
-            ip = ray.get(self.ranks[0].node_ip.remote())
-            port = ray.get(self.ranks[0].free_port.remote())
-            self._all("init_nccl_sender", weight_sync, ip, port, bucket_bytes)
-            self.nccl_ready = True
-        self._all("send_weights_nccl")
-        return time.perf_counter() - start
 
     def shutdown(self, wait: bool = True) -> None:
         """Kill the rank actors; with `wait`, return once their names are free again."""

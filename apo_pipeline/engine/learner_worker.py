@@ -30,6 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from apo_pipeline.config.sections import AlgorithmConfig, LearnerConfig, ModelConfig
 from apo_pipeline.engine.batching import MicroBatch, collate, make_micro_batches, sequence_logps
+from apo_pipeline.engine.buckets import PackedBucket, pack_bucket
 from apo_pipeline.engine.ds_config import deepspeed_config, lr_scheduler_factory, training_dtype
 from apo_pipeline.engine.dynamics_probe import DynamicsTargets, make_targets, probe
 from apo_pipeline.engine.full_weights import extrapolate_masters_, gathered_buckets
@@ -43,7 +44,6 @@ from apo_pipeline.engine.preference_batch import (
     preference_batches,
 )
 from apo_pipeline.engine.weight_sets import WeightSets
-from apo_pipeline.engine.weight_sync import PackedBucket, pack_bucket
 from apo_pipeline.losses.running_mean import RunningMean
 from apo_pipeline.rollout import TrainGroup
 from apo_pipeline.seeds import derive_seed
@@ -316,28 +316,24 @@ class LearnerWorker:
         self.weights.put(THETAHAT, extrapolate_masters_(self.engine.module, self.weights.take(THETAHAT), alpha), before)
         self.weights.changed()
 
-    def weight_buckets(self, bucket_bytes: int) -> list[ray.ObjectRef]:
-        """Rank 0: refs of `PackedBucket`s covering every parameter once; other ranks join the gathers, return []."""
-        refs = []
-        for bucket in gathered_buckets(self.engine.module, bucket_bytes):
-            if self.rank == 0:
-                refs.append(ray.put(pack_bucket(bucket)))
-        return refs
-
     def init_nccl_sender(self, weight_sync: ray.actor.ActorHandle, master_address: str, master_port: int, bucket_bytes: int) -> None:
         """GPU: join vLLM's NCCL weight-transfer group (rank 0 sends; every rank gathers)."""
         from apo_pipeline.engine.nccl_source import ZeroWeightSource
         from apo_pipeline.engine.weight_sync import nccl_sender
 
-        source = ZeroWeightSource(self.engine.module, bucket_bytes)
-        self.nccl = nccl_sender(weight_sync, rank=self.rank, master_address=master_address, master_port=master_port, source=source)
+        self.nccl_source = ZeroWeightSource(self.engine.module, bucket_bytes)
+        self.nccl = nccl_sender(
+            weight_sync, rank=self.rank, master_address=master_address, master_port=master_port, source=self.nccl_source
+        )
 
-    def send_weights_nccl(self) -> None:
-        """GPU: one full sync through the group made by `init_nccl_sender`."""
+    def send_weights_nccl(self) -> tuple[int, int]:
+        """GPU: one full sync through the group made by `init_nccl_sender`; (buckets gathered, bytes sent)."""
         self.nccl.send_weights()
+        return self.nccl_source.buckets, self.nccl_source.nbytes
 
     def stream_weight_buckets(self, bucket_bytes: int) -> Iterator[PackedBucket]:
-        """Rank 0 only, as a Ray streaming generator: the buckets of `weight_buckets`, one at a time."""
+        """Rank 0 only, as a Ray streaming generator: the full weights as `PackedBucket`s of at most
+        `bucket_bytes` (one parameter may exceed it), every parameter once, in order."""
         for bucket in gathered_buckets(self.engine.module, bucket_bytes):
             yield pack_bucket(bucket)
 

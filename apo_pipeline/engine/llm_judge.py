@@ -29,9 +29,9 @@ from apo_pipeline.config.sections import ClusterConfig, JudgeConfig
 from apo_pipeline.engine.generation import encode_prompt
 from apo_pipeline.engine.judge_labels import choose_variant, label_variants, probe_items
 from apo_pipeline.engine.vllm_env import build_llm, llm_kwargs
+from apo_pipeline.judge_backend import Comparison
 
 log = logging.getLogger(__name__)
-Comparison = tuple[str, str, str]
 # vLLM's prefix cache reuses whole KV blocks. Its CPU default (128 tokens) shares nothing between
 # judge requests shorter than that; 32 (the CPU backend wants multiples of 32) lets requests share
 # the template and the prompt. GPU keeps vLLM's default (16).
@@ -54,7 +54,7 @@ def verdict(top: dict[int, float], label_ids: tuple[int, int]) -> float | None:
 
 
 class LLMJudgeBackend:
-    """`compare_batch` over a vLLM engine built in this process (the judge actor's)."""
+    """A `judge_backend.JudgeBackend` over a vLLM engine built in this process (the judge actor's)."""
 
     def __init__(
         self,
@@ -134,11 +134,14 @@ class LLMJudgeBackend:
         return results
 
     def _score(self, prompts: list[list[int]]) -> list[float | None]:
-        """One generate call: a verdict per prompt (all None if the call raised)."""
+        """One generate call: a verdict per prompt (all None if the engine failed: a vLLM error or a
+        RuntimeError from the model's forward; any other exception is a bug and propagates)."""
+        from vllm.exceptions import VLLMError
+
         self.counts["calls"] += 1
         try:
             tops = self._top_logprobs(prompts)
-        except Exception as err:  # an engine failure is a failed round of comparisons, retried
+        except (VLLMError, RuntimeError) as err:  # an engine failure is a failed round of comparisons, retried
             self.counts["errors"] += 1
             log.warning("judge generate call failed for %d comparisons: %s", len(prompts), err)
             return [None] * len(prompts)

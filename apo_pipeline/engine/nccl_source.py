@@ -19,15 +19,23 @@ from apo_pipeline.engine.full_weights import full_shape, gathered_buckets
 
 
 class ZeroWeightSource(WeightSource):
-    """Full (gathered) parameters of `module` with HF names, in `named_parameters()` order."""
+    """Full (gathered) parameters of `module` with HF names, in `named_parameters()` order.
+
+    `buckets` / `nbytes`: gathered buckets and full-weight bytes of the last complete iteration."""
 
     def __init__(self, module: torch.nn.Module, bucket_bytes: int) -> None:
         self._module = module
         self._bucket_bytes = bucket_bytes
+        self.buckets = 0
+        self.nbytes = 0
 
     def metadata(self) -> list[ParamMeta]:
         return [ParamMeta(name, p.dtype, tuple(full_shape(p))) for name, p in self._module.named_parameters()]
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        buckets = nbytes = 0
         for bucket in gathered_buckets(self._module, self._bucket_bytes):
+            buckets += 1
+            nbytes += sum(t.numel() * t.element_size() for t in bucket.values())
             yield from bucket.items()
+        self.buckets, self.nbytes = buckets, nbytes

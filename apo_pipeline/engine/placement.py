@@ -93,12 +93,6 @@ class Placement:
         )
         return opts
 
-    def group(self, role: str, index: int = 0) -> PlacementGroup:
-        """The placement group of an engine (for vLLM's Ray executor with TP > 1)."""
-        if role == "learner" or (role == "gen" and self.cluster.colocate):
-            return self.groups["learner"][0]
-        return self.groups[role][index]
-
     def remove(self) -> None:
         for pgs in self.groups.values():
             for pg in pgs:

@@ -18,6 +18,7 @@ import os
 from typing import TYPE_CHECKING, Any, Literal
 
 from apo_pipeline.config.sections import ClusterConfig, SyncConfig
+from apo_pipeline.engine.buckets import CPU_WEIGHT_TRANSFER_BACKEND
 
 if TYPE_CHECKING:
     from vllm import LLM
@@ -29,7 +30,6 @@ GIB = 1 << 30
 # request's generator), which real prompts (~60 tokens x 200 requests > the 4096 default) trigger.
 CPU_MAX_NUM_SEQS = 256
 LogprobsMode = Literal["processed_logprobs", "raw_logprobs"]
-CPU_WEIGHT_TRANSFER_BACKEND = "apo_object_store"
 
 
 # The engine core stays in the actor's process (CPU and GPU alike): no engine-core subprocess,
@@ -43,14 +43,17 @@ def apply_engine_env() -> None:
 
 
 def sync_backend(sync: SyncConfig, cluster: ClusterConfig) -> str:
-    """The vLLM weight-transfer backend name: `nccl` on GPU unless `cpu` is asked for, else ours.
+    """The vLLM weight-transfer backend name: `nccl` on GPU unless `cpu` is asked for or the engines
+    are colocated (NCCL refuses two ranks on one GPU), else ours.
 
     Ours is registered in the engine actor's process, so on GPU it needs the in-process executor
     (engine_tp == 1); vLLM's Ray executor would build workers that never saw the registration.
     """
-    if sync.backend == "nccl" or (sync.backend == "auto" and cluster.use_gpu):
+    if sync.backend == "nccl" or (sync.backend == "auto" and cluster.use_gpu and not cluster.colocate):
         if not cluster.use_gpu:
             raise ValueError("sync.backend: nccl needs cluster.use_gpu=true")
+        if cluster.colocate:
+            raise ValueError("sync.backend: nccl cannot reach colocated engines (NCCL refuses two ranks on one GPU); use cpu")
         return "nccl"
     if cluster.engine_tp > 1:
         raise ValueError("sync.backend: cpu needs cluster.engine_tp = 1 (use nccl for tensor-parallel engines)")

@@ -1,20 +1,13 @@
-"""Weight sync learner -> every generation engine, through vLLM's weight-transfer API.
+"""The `weight-sync` actor: the engines' side of a weight sync, through vLLM's weight-transfer API.
 
-Contract for the learner (what `apo_pipeline/engine/learner*.py` calls; nothing else is needed):
+The driver picks one synchronizer per pipeline (`engine/synchronizer.py`); this actor is what the
+two transports share on the engines' side:
 
 CPU backend (`sync.backend` cpu, or auto without GPUs) -- data through the Ray object store:
-  1. iterate the full parameters as `(name, tensor)` pairs with HF checkpoint names
-     (`model.layers.0.self_attn.q_proj.weight`, ...; no `module.` prefix). Under ZeRO-3 gather
-     them group by group (`deepspeed.zero.GatheredParameters`) and put each bucket while its
-     parameters are gathered: `ray.put` copies, so the gathered memory may be freed afterwards;
-  2. either `refs = put_buckets(named_tensors, bucket_bytes(sync))` on one rank (the others only
-     join the gathers) and the driver calls `weight_sync.sync.remote(refs)`;
-     or an actor method that yields `pack_bucket(b)` for `b in make_buckets(...)` (a Ray
-     generator) and the driver calls `weight_sync.sync_stream.remote(actor, "method", *args)`:
-     the actor streams buckets while later ones gather, and at most `max_inflight` buckets are
-     alive at once (Ray cannot pass a generator between processes, so the sync actor calls it);
-  3. both return `SyncStats`. Buckets are fed to all engines concurrently, one RPC per engine
-     per bucket.
+  `sync_stream(actor, method, *args)` calls `actor.method(*args)` as a Ray streaming generator
+  (learner rank 0's `stream_weight_buckets`, yielding `buckets.PackedBucket`s while later buckets
+  gather; Ray cannot pass a generator between processes, so this actor makes the call) and feeds
+  each bucket to all engines at once, at most `max_inflight` buckets alive; returns `SyncStats`.
 
 GPU backend (`nccl`) -- data through NCCL from learner rank 0, control through this actor:
   every learner rank calls `nccl_sender(weight_sync, rank=..., master_address=..., master_port=...,
@@ -27,110 +20,16 @@ GPU backend (`nccl`) -- data through NCCL from learner rank 0, control through t
 from __future__ import annotations
 
 import time
-import warnings
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import ray
-import torch
 
-from apo_pipeline.config.sections import SyncConfig
+from apo_pipeline.engine.buckets import SyncStats
 
 if TYPE_CHECKING:
     from vllm.distributed.weight_transfer.base import TrainerWeightTransferEngine, WeightSource
 
     from apo_pipeline.engine.pool import GenerationPool
-
-MIB = 1 << 20
-
-
-def bucket_bytes(sync: SyncConfig) -> int:
-    """`sync.bucket_mb` in bytes."""
-    return max(1, int(sync.bucket_mb * MIB))
-
-
-def make_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], max_bytes: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Group tensors, in order, into dicts of at most `max_bytes` bytes each.
-
-    A tensor larger than `max_bytes` gets a bucket of its own. Pure: only shapes and dtypes are
-    read (meta tensors work), nothing is copied. ValueError on a repeated name or `max_bytes` <= 0.
-    """
-    if max_bytes <= 0:
-        raise ValueError(f"bucket size must be positive, got {max_bytes} bytes")
-    seen: set[str] = set()
-    bucket: dict[str, torch.Tensor] = {}
-    size = 0
-    for name, tensor in named_tensors:
-        if name in seen:
-            raise ValueError(f"parameter {name!r} appears twice in the weights to sync")
-        seen.add(name)
-        nbytes = tensor.numel() * tensor.element_size()
-        if bucket and size + nbytes > max_bytes:
-            yield bucket
-            bucket, size = {}, 0
-        bucket[name] = tensor
-        size += nbytes
-    if bucket:
-        yield bucket
-
-
-@dataclass
-class PackedBucket:
-    """Tensors as raw bytes, which Ray stores and reads back zero-copy (any dtype, bf16 too).
-
-    `data[i]` is a flat uint8 array holding `names[i]` of dtype `torch.<dtypes[i]>`, `shapes[i]`.
-    """
-
-    names: list[str]
-    dtypes: list[str]
-    shapes: list[tuple[int, ...]]
-    data: list[np.ndarray]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.data)
-
-    def tensors(self) -> list[tuple[str, torch.Tensor]]:
-        """`(name, tensor)` views of the bytes (read-only memory when fetched from Ray)."""
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            return [
-                (name, torch.from_numpy(raw).view(getattr(torch, dtype)).reshape(shape))
-                for name, dtype, shape, raw in zip(self.names, self.dtypes, self.shapes, self.data)
-            ]
-
-
-def pack_bucket(bucket: dict[str, torch.Tensor]) -> PackedBucket:
-    """A bucket of (CPU or device) tensors as a `PackedBucket` (copies device tensors to CPU)."""
-    flat = {name: t.detach().to("cpu").contiguous().reshape(-1) for name, t in bucket.items()}
-    return PackedBucket(
-        names=list(bucket),
-        dtypes=[str(t.dtype).removeprefix("torch.") for t in bucket.values()],
-        shapes=[tuple(t.shape) for t in bucket.values()],
-        data=[t.view(torch.uint8).numpy() for t in flat.values()],
-    )
-
-
-def put_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], max_bytes: int) -> list[ray.ObjectRef]:
-    """`ray.put` every bucket of `make_buckets(named_tensors, max_bytes)`; the refs, in order."""
-    return [ray.put(pack_bucket(b)) for b in make_buckets(named_tensors, max_bytes)]
-
-
-@dataclass
-class SyncStats:
-    """One sync: wall `seconds`, `bytes` per engine, `buckets`, `engines` fed."""
-
-    seconds: float
-    bytes: int
-    buckets: int
-    engines: int
-
-    @property
-    def mib_per_s(self) -> float:
-        return self.bytes / MIB / max(self.seconds, 1e-9)
-
 
 @ray.remote
 class WeightSync:
@@ -140,18 +39,15 @@ class WeightSync:
         self.pool = pool
         self.max_inflight = max_inflight
 
-    def sync(self, bucket_source: Iterable[ray.ObjectRef]) -> SyncStats:
-        """Load every bucket (refs of `PackedBucket`, in order) into every engine."""
-        start = time.perf_counter()
-        buckets, nbytes = self.pool.update_weights(bucket_source, max_inflight=self.max_inflight)
-        return SyncStats(time.perf_counter() - start, nbytes, buckets, self.pool.num_engines)
-
     def sync_stream(self, actor: ray.actor.ActorHandle, method: str, *args: Any) -> SyncStats:
-        """`sync` over the buckets yielded by `actor.method(*args)`, called as a Ray streaming generator."""
+        """Load every bucket yielded by `actor.method(*args)` (`PackedBucket`s, in order; called as a
+        Ray streaming generator) into every engine."""
+        start = time.perf_counter()
         call = getattr(actor, method).options(
             num_returns="streaming", _generator_backpressure_num_objects=self.max_inflight
         )
-        return self.sync(call.remote(*args))
+        buckets, nbytes = self.pool.update_weights(call.remote(*args), max_inflight=self.max_inflight)
+        return SyncStats(time.perf_counter() - start, nbytes, buckets, self.pool.num_engines)
 
     def world_size(self) -> int:
         """Ranks of an NCCL transfer group: the sending learner rank + every engine worker."""

@@ -33,15 +33,12 @@ from vllm.distributed.weight_transfer.base import (
 from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
 from vllm.model_executor.model_loader.reload import finalize_layerwise_reload, initialize_layerwise_reload
 
-from apo_pipeline.engine.vllm_env import CPU_WEIGHT_TRANSFER_BACKEND
-from apo_pipeline.engine.weight_sync import PackedBucket
+from apo_pipeline.engine.buckets import CPU_WEIGHT_TRANSFER_BACKEND, PackedBucket
 
 
 @dataclass
 class ObjectStoreInitInfo(WeightTransferInitInfo):
-    """`get_timeout_s`: how long a worker waits for one bucket to arrive (None = forever)."""
-
-    get_timeout_s: float | None = None
+    """Nothing to set up: the object store needs no connection."""
 
 
 @dataclass
@@ -57,16 +54,14 @@ class ObjectStoreWeightTransferEngine(WeightTransferEngine[ObjectStoreInitInfo, 
     init_info_cls = ObjectStoreInitInfo
     update_info_cls = ObjectStoreUpdateInfo
 
-    get_timeout_s: float | None = None
-
     def init_transfer_engine(self, init_info: ObjectStoreInitInfo) -> None:
-        self.get_timeout_s = init_info.get_timeout_s
+        """Nothing to connect (vLLM's lifecycle calls it once)."""
 
     def start_weight_update(self) -> None:
         initialize_layerwise_reload(self.model)
 
     def receive_weights(self, update_info: ObjectStoreUpdateInfo) -> None:
-        bucket: PackedBucket = ray.get(update_info.bucket, timeout=self.get_timeout_s)
+        bucket: PackedBucket = ray.get(update_info.bucket)
         with torch.no_grad():
             self.model.load_weights(bucket.tensors())
 

@@ -40,7 +40,7 @@ def iteration_data(pipe: Pipeline, cfg: APOConfig, prompts: list[Any], t: int) -
         rankings = pipe.rank(rollouts, t)
         built = winner_vs_random(rollouts, rankings, seed=derive_seed(cfg.seed, "pairs", t))
         judgements = judgements_from_rankings(rollouts, rankings)
-    pipe.log.log("data", iteration=t, prompts=len(rollouts), dropped_by_judge=built.dropped)
+    pipe.metrics.log("data", iteration=t, prompts=len(rollouts), dropped_by_judge=built.dropped)
     groups = pipe.reference_logps(built.groups, t)
     pipe.save_tables(t, rollouts, judgements, groups)
     return groups
@@ -58,7 +58,7 @@ def evaluate_both(pipe: Pipeline, t: int, alpha: float, evaluate: bool) -> None:
     if evaluate:
         fields = pipe.evaluate(t, EXTRAPOLATED)
         if not alpha:
-            pipe.log.log("eval", **{**fields, "policy": HAT, "same_as": EXTRAPOLATED})
+            pipe.metrics.log("eval", **{**fields, "policy": HAT, "same_as": EXTRAPOLATED})
 
 
 def run(cfg: APOConfig, run_dir: Path) -> Path:
@@ -69,7 +69,7 @@ def run(cfg: APOConfig, run_dir: Path) -> Path:
         at = pipe.resume()
         if at.fresh:
             start = pipe.evaluate(0, HAT)  # theta_1 = pihat_1: one evaluation, both names
-            pipe.log.log("eval", **{**start, "policy": EXTRAPOLATED, "same_as": HAT})
+            pipe.metrics.log("eval", **{**start, "policy": EXTRAPOLATED, "same_as": HAT})
             pipe.learner.snapshot_weights()
         chunks = split_segments(pipe.prompts.train, T)
         step = at.step

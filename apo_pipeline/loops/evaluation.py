@@ -48,10 +48,10 @@ class Evaluator:
         self.baseline: dict[str, dict[int, str]] = {}
 
     def _path(self, kind: str) -> Path:
-        return self.pipe.run.root / f"eval_baseline_{kind}.parquet"
+        return self.pipe.run_dir.root / f"eval_baseline_{kind}.parquet"
 
     def _targets_path(self, index: int) -> Path:
-        return self.pipe.run.round_dir(index, self.pipe.unit) / TARGETS_FILE
+        return self.pipe.run_dir.round_dir(index, self.pipe.unit) / TARGETS_FILE
 
     def _set_targets(self, rollouts: list[Rollout]) -> None:
         self.pipe.learner.set_dynamics_targets([(r.prompt_ids, r.candidates[0].token_ids) for r in rollouts])
@@ -110,12 +110,12 @@ class Evaluator:
         for kind, rollouts in responses.items():
             suffix = "" if kind == "sampled" else "_greedy"
             base = self._load_baseline(kind, rollouts, index)
-            write_rollouts(self.pipe.run.root / "eval" / f"{kind}_{index}.parquet", rollouts)
+            write_rollouts(self.pipe.run_dir.root / "eval" / f"{kind}_{index}.parquet", rollouts)
             if self.pipe.reward_fn is not None:
                 fields[f"reward{suffix or '_mean'}"] = fmean(self.pipe.reward_fn(r.judge_prompt, r.candidates[0].text) for r in rollouts)
             win, unscored = self._win_rate(rollouts, base)
             fields[f"win_rate{suffix}"] = win
             if unscored:
                 fields[f"win_rate{suffix}_unscored"] = unscored
-        self.pipe.log.log("eval", **fields)
+        self.pipe.metrics.log("eval", **fields)
         return fields

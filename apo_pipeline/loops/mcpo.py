@@ -36,9 +36,9 @@ def builtin_dataset(pipe: Pipeline, cfg: MCPOConfig) -> list[TrainGroup]:
     rollouts = pipe.generate(prompts, 0)
     rankings = pipe.rank(rollouts, 0)
     built = candidate_groups(rollouts, rankings)
-    write_rollouts(pipe.run.table_path("rollouts", 0, pipe.unit), rollouts)
-    write_judgements(pipe.run.table_path("judgements", 0, pipe.unit), judgements_from_rankings(rollouts, rankings))
-    pipe.log.log("data", iteration=0, prompts=len(rollouts), dropped_by_judge=built.dropped)
+    write_rollouts(pipe.run_dir.table_path("rollouts", 0, pipe.unit), rollouts)
+    write_judgements(pipe.run_dir.table_path("judgements", 0, pipe.unit), judgements_from_rankings(rollouts, rankings))
+    pipe.metrics.log("data", iteration=0, prompts=len(rollouts), dropped_by_judge=built.dropped)
     return built.groups
 
 
@@ -48,7 +48,7 @@ def file_dataset(pipe: Pipeline, cfg: MCPOConfig) -> list[TrainGroup]:
     rows, skipped = read_candidate_rows(loop.dataset, on_error=cfg.data.on_error, fmt=loop.dataset_format,
                                         columns=loop.dataset_columns, drop_ranks=tuple(loop.nectar_drop_ranks))
     if skipped:
-        pipe.log.log("data", source="loop.dataset", skipped=skipped)
+        pipe.metrics.log("data", source="loop.dataset", skipped=skipped)
     return tokenize_rows(rows, AutoTokenizer.from_pretrained(pipe.model_dir))
 
 
@@ -63,7 +63,7 @@ def run(cfg: MCPOConfig, run_dir: Path) -> Path:
         if groups is None:
             raw = builtin_dataset(pipe, cfg) if cfg.loop.dataset == "builtin" else file_dataset(pipe, cfg)
             groups = pipe.reference_logps(raw, 0)
-            write_pairs(pipe.run.table_path("pairs", 0, pipe.unit), groups)
+            write_pairs(pipe.run_dir.table_path("pairs", 0, pipe.unit), groups)
         steps = epoch_steps(len(groups), pipe.batch_size, 1)
         if at.fresh:
             pipe.learner.new_iteration(steps * cfg.loop.epochs, reset_optimizer=False)

@@ -31,7 +31,7 @@ def segment_data(pipe: Pipeline, prompts: list[Any], s: int, initial_reference: 
     rollouts = pipe.generate(prompts, s)
     rankings = pipe.rank(rollouts, s)
     built = candidate_groups(rollouts, rankings)
-    pipe.log.log("data", segment=s, prompts=len(rollouts), dropped_by_judge=built.dropped)
+    pipe.metrics.log("data", segment=s, prompts=len(rollouts), dropped_by_judge=built.dropped)
     groups = pipe.reference_logps(built.groups, s, kept=initial_reference)
     pipe.save_tables(s, rollouts, judgements_from_rankings(rollouts, rankings), groups)
     return groups

@@ -20,7 +20,6 @@ class Built:
     """The groups built and how many prompts were dropped (ranking failed)."""
 
     groups: list[TrainGroup]
-    source_index: list[int]
     dropped: int
 
 
@@ -30,36 +29,33 @@ def _ids(rollout: Rollout) -> list[list[int]]:
 
 def candidate_groups(rollouts: list[Rollout], rankings: list[PromptRanking]) -> Built:
     """One group per prompt with all K candidates and the judge's winner as `preferred`."""
-    groups, index = [], []
-    for n, (ro, rk) in enumerate(zip(rollouts, rankings, strict=True)):
+    groups = []
+    for ro, rk in zip(rollouts, rankings, strict=True):
         if rk.winner is not None:
             groups.append(TrainGroup(ro.prompt_ids, _ids(ro), rk.winner))
-            index.append(n)
-    return Built(groups, index, len(rollouts) - len(groups))
+        return Built(groups, len(rollouts) - len(groups))
 
 
 def winner_vs_random(rollouts: list[Rollout], rankings: list[PromptRanking], seed: int) -> Built:
     """Pairs (winner, one other candidate drawn uniformly with a seeded RNG)."""
     rng = random.Random(seed)
-    groups, index = [], []
-    for n, (ro, rk) in enumerate(zip(rollouts, rankings, strict=True)):
+    groups = []
+    for ro, rk in zip(rollouts, rankings, strict=True):
         if rk.winner is None:
             continue
         others = [k for k in range(len(ro.candidates)) if k != rk.winner]
         loser = rng.choice(others)
         groups.append(TrainGroup(ro.prompt_ids, [ro.candidates[rk.winner].token_ids, ro.candidates[loser].token_ids], 0))
-        index.append(n)
-    return Built(groups, index, len(rollouts) - len(groups))
+    return Built(groups, len(rollouts) - len(groups))
 
 
 def sppo_pairs(rollouts: list[Rollout], win_rates: list[WinRates]) -> Built:
     """Pairs (argmax score, argmin score) with SPPO's win-probability estimates."""
-    groups, index = [], []
-    for n, (ro, wr) in enumerate(zip(rollouts, win_rates, strict=True)):
+    groups = []
+    for ro, wr in zip(rollouts, win_rates, strict=True):
         if wr.chosen is None or wr.rejected is None or wr.win_prob is None or wr.chosen == wr.rejected:
             continue
         ids = [ro.candidates[wr.chosen].token_ids, ro.candidates[wr.rejected].token_ids]
         probs = [float(wr.win_prob[wr.chosen]), float(wr.win_prob[wr.rejected])]
         groups.append(TrainGroup(ro.prompt_ids, ids, 0, win_probs=probs))
-        index.append(n)
-    return Built(groups, index, len(rollouts) - len(groups))
+    return Built(groups, len(rollouts) - len(groups))

@@ -23,7 +23,9 @@ from apo_pipeline.engine.judge_pool import JudgePool
 from apo_pipeline.engine.learner_group import LearnerGroup
 from apo_pipeline.engine.placement import Placement
 from apo_pipeline.engine.pool import GenerationPool
-from apo_pipeline.engine.weight_sync import WeightSync, bucket_bytes
+from apo_pipeline.engine.buckets import bucket_bytes
+from apo_pipeline.engine.synchronizer import make_synchronizer
+from apo_pipeline.engine.weight_sync import WeightSync
 from apo_pipeline.engine.worker_group import wait_names_free
 from apo_pipeline.loops.evaluation import Evaluator
 from apo_pipeline.loops.stop import RunStopped
@@ -69,7 +71,7 @@ class Pipeline:
     def __init__(self, cfg: BaseJobConfig, run_dir: Path, unit: str, total_steps: int | None) -> None:
         self.cfg = cfg
         self.unit = unit
-        self.run: RunDir = create_run_dir(run_dir.parent, run_dir.name, cfg)
+        self.run_dir: RunDir = create_run_dir(run_dir.parent, run_dir.name, cfg)
         # A failure part-way releases what was built, so a job restore can build again under the same names.
         with ExitStack() as built:
             built.callback(release_names, role_names(cfg))
@@ -79,9 +81,9 @@ class Pipeline:
     def _build(self, cfg: BaseJobConfig, total_steps: int, built: ExitStack) -> None:
         """Metrics, model, prompts and every actor. What needs releasing besides the actors' names (the
         metrics file and trackers, the placement groups) goes on `built` as soon as it exists."""
-        self.log = open_run_metrics(self.run.root, cfg, console=console.active())
-        built.callback(self.log.close)
-        self.timer = StageTimer(self.log, progress=cfg.monitoring.progress)
+        self.metrics = open_run_metrics(self.run_dir.root, cfg, console=console.active())
+        built.callback(self.metrics.close)
+        self.timer = StageTimer(self.metrics, progress=cfg.monitoring.progress)
         self.model_dir = resolve_model(cfg.model.path, seed=cfg.seed)
         llm_judge = cfg.judge.backend == "llm"
         judge_dir = str(resolve_model(cfg.judge.model, seed=cfg.seed, key="judge.model")) if llm_judge else None
@@ -106,16 +108,18 @@ class Pipeline:
         self.learner = LearnerGroup(cfg.model.model_copy(update={"path": str(self.model_dir)}), cfg.learner,
                                     cfg.algorithm, self.placement, total_steps=self.total_steps, seed=cfg.seed)
         self.weight_sync = WeightSync.options(**self.placement.options("weight-sync")).remote(self.pool)
+        self.synchronizer = make_synchronizer(self.learner, self.pool, self.weight_sync, bucket_bytes(cfg.sync.bucket_mb),
+                                              colocate=cl.colocate)
         self.evaluator = Evaluator(self, cfg.eval, cfg.generation.max_tokens)
         self.round = 0  # the round whose stages run now (for the logs of an engine re-sync)
         self.consumed_prompts = 0
         if llm_judge:  # which label tokens and chat setting the judge chose at start-up
             setup = {k: v for k, v in ray.get(self.judge.judges[0].metrics.remote()).items() if k in JUDGE_SETUP}
-            self.log.log("judge_setup", **setup)
+            self.metrics.log("judge_setup", **setup)
             log.info("llm judge: labels %s (probability mass %.3f on the probes), chat template %s",
                      setup.get("label_variant"), setup.get("label_mass", float("nan")), setup.get("chat"))
         log.info("pipeline ready: %d engine(s), %d learner rank(s), judge %s, run dir %s",
-                 cl.num_engines, cl.learner_ranks, cfg.judge.backend, self.run.root)
+                 cl.num_engines, cl.learner_ranks, cfg.judge.backend, self.run_dir.root)
 
     def _load_prompts(self) -> Prompts:
         d = self.cfg.data
@@ -123,7 +127,7 @@ class Pipeline:
         held = load_prompts(d.eval_prompts, split="eval", limit=d.num_eval_prompts, on_error=d.on_error, seed=self.cfg.seed)
         for name, ps in (("data.prompts", train), ("data.eval_prompts", held)):
             if ps.skipped:
-                self.log.log("data", source=name, skipped=ps.skipped)
+                self.metrics.log("data", source=name, skipped=ps.skipped)
         if d.chat:  # plain-text prompts become a user turn, rendered with the policy's chat template
             return Prompts(*([as_user_turn(p) for p in ps.prompts] for ps in (train, held)))
         return Prompts(train.prompts, held.prompts)
@@ -143,7 +147,7 @@ class Pipeline:
             last = self.pool.metrics()["last"]
             st["tokens"] = last["tokens"]
         if last["skipped"] or last["truncated"]:
-            self.log.log("data", **{self.unit: index}, overlong_skipped=last["skipped"], overlong_truncated=last["truncated"])
+            self.metrics.log("data", **{self.unit: index}, overlong_skipped=last["skipped"], overlong_truncated=last["truncated"])
         return rollouts
 
     def rank(self, rollouts: list[Rollout], index: int) -> list[PromptRanking]:
@@ -183,7 +187,7 @@ class Pipeline:
         guessed) plus what the judges counted since the last event (`JudgePool.take_counts`:
         comparisons/s; llm: scored, retried, overlong, errors, tokens/s, prefix-cache hits)."""
         fields = {**counts, **self.judge.take_counts()}
-        self.log.log("judge", **{self.unit: index}, **fields)
+        self.metrics.log("judge", **{self.unit: index}, **fields)
         return fields
 
     def keep_reference(self) -> None:
@@ -206,29 +210,23 @@ class Pipeline:
         round. Returns the next global step."""
         batches = step_batches(len(groups), self.batch_size, steps, seed=derive_seed(self.cfg.seed, "batches", index))
         first, every = step - done_steps, self.cfg.checkpoint.every_steps
-        colocated = self.cfg.cluster.colocate
-        if colocated:
-            self.pool.sleep()  # GPU: vLLM sleep mode frees the engines' memory for the learner
+        self.synchronizer.before_train()  # colocated engines sleep (GPU: vLLM frees their memory for the learner)
         with self.timer.stage("train", **{self.unit: index}) as st:
             todo = range(done_steps, steps)
             for n in self.timer.progress(todo, desc=f"train {self.unit} {index}", total=len(todo)):
                 metrics = self.learner.train_step([groups[i] for i in batches[n]])
                 fields = train_fields(metrics)
-                self.log.log("train", step=first + n, **{self.unit: index}, **fields)
+                self.metrics.log("train", step=first + n, **{self.unit: index}, **fields)
                 if every and (n + 1) % every == 0 and n + 1 < steps:
                     self.checkpoint(index - 1, first + n + 1, round_steps=n + 1)
             st["pairs"] = sum(len(batches[n]) for n in todo)
-        if colocated:
-            self.pool.wake_up()
+        self.synchronizer.after_train()
         return first + steps
 
     def sync(self, index: int) -> None:
         """Push the learner's full weights into every generation engine."""
         with self.timer.stage("sync", **{self.unit: index}) as st:
-            if self.pool.backend == "nccl":
-                self.learner.sync_weights_nccl(self.weight_sync, bucket_bytes(self.cfg.sync))
-                return
-            stats = self.learner.sync_weights(self.weight_sync, bucket_bytes(self.cfg.sync))
+            stats = self.synchronizer.sync()
             st["bytes"], st["buckets"] = stats.bytes, stats.buckets
 
     def should_evaluate(self, index: int, last: int) -> bool:
@@ -245,21 +243,21 @@ class Pipeline:
 
     def _resync_engines(self) -> None:
         """After a generation engine restarted: push the learner's current weights again."""
-        self.log.log("fault", **{self.unit: self.round}, engine_restarts=self.pool.totals["engine_restarts"])
+        self.metrics.log("fault", **{self.unit: self.round}, engine_restarts=self.pool.totals["engine_restarts"])
         self.sync(self.round)
 
     def resume(self) -> ResumePoint:
         """Restore the newest valid checkpoint (learner, then engines) and cut metrics.jsonl back to
         what that checkpoint saw (to nothing without one), so the log reads as one uninterrupted run."""
-        point, state = restore_latest(self.run.root, self.unit, self.learner)
-        discarded = self.log.rewind(state.metrics_lines if state else 0)
+        point, state = restore_latest(self.run_dir.root, self.unit, self.learner)
+        discarded = self.metrics.rewind(state.metrics_lines if state else 0)
         if state is not None:
             self.consumed_prompts = state.consumed_prompts
             self.evaluator.restore_targets(point.done)
             self.sync(point.done)
-            self.log.log("resume", **{self.unit: point.done}, step=point.step, round_steps=point.round_steps,
+            self.metrics.log("resume", **{self.unit: point.done}, step=point.step, round_steps=point.round_steps,
                          discarded_lines=discarded)
-        self.log.log("actors", **self.actor_pids())
+        self.metrics.log("actors", **self.actor_pids())
         return point
 
     def actor_pids(self) -> dict[str, int]:
@@ -274,32 +272,32 @@ class Pipeline:
         ck = self.cfg.checkpoint
         if ck.enabled:
             with self.timer.stage("checkpoint", **{self.unit: done}):
-                save_round(self.run, self.unit, ResumePoint(done, step, round_steps), self.learner,
-                           keep_last=ck.keep_last, metrics_lines=self.log.lines,
+                save_round(self.run_dir, self.unit, ResumePoint(done, step, round_steps), self.learner,
+                           keep_last=ck.keep_last, metrics_lines=self.metrics.lines,
                            consumed_prompts=self.consumed_prompts, hf_export=ck.save_hf)
 
     def stored_pairs(self, index: int) -> list[TrainGroup] | None:
         """Round `index`'s pairs table if an earlier attempt already wrote it (it is written last,
         atomically, so its presence means the round's data is complete); None otherwise."""
-        path = self.run.table_path("pairs", index, self.unit)
+        path = self.run_dir.table_path("pairs", index, self.unit)
         if not path.is_file():
             return None
         groups = read_pairs(path)
-        self.log.log("data", **{self.unit: index}, reused=str(path.relative_to(self.run.root)), pairs=len(groups))
+        self.metrics.log("data", **{self.unit: index}, reused=str(path.relative_to(self.run_dir.root)), pairs=len(groups))
         return groups
 
     def save_tables(self, index: int, rollouts: list[Rollout], judgements: list[Judgement], groups: list[TrainGroup]) -> None:
         """rollouts / judgements / pairs of one round as Parquet under the run directory."""
-        write_rollouts(self.run.table_path("rollouts", index, self.unit), rollouts)
-        write_judgements(self.run.table_path("judgements", index, self.unit), judgements)
-        write_pairs(self.run.table_path("pairs", index, self.unit), groups)
+        write_rollouts(self.run_dir.table_path("rollouts", index, self.unit), rollouts)
+        write_judgements(self.run_dir.table_path("judgements", index, self.unit), judgements)
+        write_pairs(self.run_dir.table_path("pairs", index, self.unit), groups)
         self.consumed_prompts += len(rollouts)
 
     def export_final(self, weights: str | None = None) -> Path:
         """The final policy as an HF model directory `<run>/final/`: the training weights, or the
         learner's kept weights `weights` (APO: pihat_{T+1})."""
-        self.learner.export_hf(str(self.run.final_dir), weights)
-        return self.run.final_dir
+        self.learner.export_hf(str(self.run_dir.final_dir), weights)
+        return self.run_dir.final_dir
 
     def shutdown(self) -> None:
         """Kill every actor and free the placement; returns once the role names can be reused
@@ -310,7 +308,7 @@ class Pipeline:
             group.shutdown(wait=False)
         ray.kill(self.weight_sync)
         self.placement.remove()
-        self.log.close()
+        self.metrics.close()
         wait_names_free(names)
 
 

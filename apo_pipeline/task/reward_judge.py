@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -93,7 +94,11 @@ class BradleyTerryRewardJudge:
         return 1.0 if u < p else 0.0
 
     def compare_batch(self, items: Sequence[tuple[Prompt, str, str]]) -> list[float | None]:
-        """``compare`` over ``[(prompt, a, b), ...]``."""
+        """``compare`` over ``[(prompt, a, b), ...]`` (a `judge_backend.JudgeBackend`)."""
         return [self.compare(prompt, a, b) for prompt, a, b in items]
+
+    def metrics(self) -> dict[str, Any]:
+        """No counters of its own (the judge actor counts what it judged)."""
+        return {}
 
     __call__ = compare

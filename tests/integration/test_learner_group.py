@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from apo_pipeline.config.sections import AlgorithmConfig, ClusterConfig, LearnerConfig, ModelConfig
+from apo_pipeline.engine.buckets import PackedBucket
 from apo_pipeline.engine.learner_group import LearnerGroup
 from apo_pipeline.engine.placement import Placement
 from apo_pipeline.rollout import TrainGroup
@@ -96,11 +97,18 @@ def with_refs(learner: LearnerGroup, groups: list[TrainGroup]) -> list[TrainGrou
     return groups
 
 
+def streamed_buckets(learner: LearnerGroup, bucket_bytes: int) -> list[PackedBucket]:
+    """Rank 0's `stream_weight_buckets` (a Ray streaming generator) while the other ranks join the
+    gathers, as the weight sync runs them; every other rank joined as many gathers as rank 0 sent."""
+    streamed = learner.ranks[0].stream_weight_buckets.options(num_returns="streaming").remote(bucket_bytes)
+    joins = [rank.join_weight_gathers.remote(bucket_bytes) for rank in learner.ranks[1:]]
+    buckets = [ray.get(ref) for ref in streamed]
+    assert ray.get(joins) == [len(buckets)] * (RANKS - 1)
+    return buckets
+
+
 def full_weights(learner: LearnerGroup, bucket_bytes: int = 1 << 20) -> dict[str, torch.Tensor]:
-    weights = {}
-    for ref in learner.weight_buckets(bucket_bytes):
-        weights.update({name: t.clone() for name, t in ray.get(ref).tensors()})
-    return weights
+    return {name: t.clone() for bucket in streamed_buckets(learner, bucket_bytes) for name, t in bucket.tensors()}
 
 
 def hf_model(model_dir: str, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
@@ -123,8 +131,7 @@ def test_compute_logps_match_transformers_in_input_order(
     got = learner.compute_logps(groups)
     want = [[hf_reference.logprob(model, g.prompt_ids, c, 1.0) for c in g.candidate_ids] for g in groups]
     torch.testing.assert_close(torch.tensor(got), torch.tensor(want, dtype=torch.float32), rtol=0, atol=1e-5)
-    pairs = [(g.prompt_ids, c) for g in groups for c in g.candidate_ids]
-    assert learner.compute_logps(pairs[::-1]) == pytest.approx([v for row in got for v in row][::-1], abs=1e-5)
+    assert learner.compute_logps(groups[::-1]) == [pytest.approx(row, abs=1e-5) for row in got[::-1]]
 
 
 def test_train_step_equals_a_plain_torch_mean_loss(learner, make_groups, case, one_torch_thread):
@@ -218,35 +225,28 @@ def test_extrapolate_is_exact_and_survives_a_zero_lr_step(learner, make_groups):
     torch.testing.assert_close(again["lm_head.weight"], expected)
 
 
-def test_weight_buckets_cover_every_parameter_once(learner, case):
+def test_streamed_buckets_cover_every_parameter_once(learner, case):
     model = AutoModelForCausalLM.from_pretrained(case.model_dir)
     expected = {name: p.shape for name, p in model.named_parameters()}
-    refs = learner.weight_buckets(64 << 10)
-    buckets = [ray.get(ref).names for ref in refs]
-    names = [name for bucket in buckets for name in bucket]
+    buckets = streamed_buckets(learner, 64 << 10)
+    names = [name for bucket in buckets for name in bucket.names]
     assert len(buckets) > 1 and len(names) == len(set(names)) and set(names) == set(expected)
-    streamed = learner.ranks[0].stream_weight_buckets.options(num_returns="streaming").remote(64 << 10)
-    joins = [rank.join_weight_gathers.remote(64 << 10) for rank in learner.ranks[1:]]
-    streamed_buckets = [ray.get(ref) for ref in streamed]
-    assert ray.get(joins) == [len(buckets)] * (RANKS - 1)
-    assert [b.names for b in streamed_buckets] == buckets
-    assert all(tuple(t.shape) == tuple(expected[n]) for b in streamed_buckets for n, t in b.tensors())
+    assert all(tuple(t.shape) == tuple(expected[n]) for b in buckets for n, t in b.tensors())
 
 
 def test_reference_weights_are_kept_swapped_in_and_checkpointed(learner, make_groups, tmp_path):
     """`compute_logps(..., weights=...)` runs under the kept copy after training moved the weights,
     puts the training weights back bit for bit, exports the copy, and a checkpoint restores it."""
     groups = with_refs(learner, make_groups(4, 2, seed=8))
-    pairs = [(g.prompt_ids, c) for g in groups for c in g.candidate_ids]
     learner.keep_weights("reference")
     kept = full_weights(learner)
-    before = learner.compute_logps(pairs)
-    assert learner.compute_logps(pairs, weights="reference") == before  # nothing moved yet: no swap
+    before = learner.compute_logps(groups)
+    assert learner.compute_logps(groups, weights="reference") == before  # nothing moved yet: no swap
     for _ in range(2):
         learner.train_step(groups)
     trained = full_weights(learner)
-    assert learner.compute_logps(pairs) != before
-    assert learner.compute_logps(pairs, weights="reference") == pytest.approx(before, abs=1e-6)
+    assert learner.compute_logps(groups) != before
+    assert learner.compute_logps(groups, weights="reference") == [pytest.approx(row, abs=1e-6) for row in before]
     after = full_weights(learner)
     assert all(torch.equal(after[k], trained[k]) for k in trained)  # swapped back exactly
     learner.export_hf(str(tmp_path / "kept"), weights="reference")
@@ -255,9 +255,9 @@ def test_reference_weights_are_kept_swapped_in_and_checkpointed(learner, make_gr
     learner.save_checkpoint(str(tmp_path), "ckpt")
     learner.drop_weights("reference")
     with pytest.raises(ray.exceptions.RayTaskError, match="no kept weights named 'reference'"):
-        learner.compute_logps(pairs, weights="reference")
+        learner.compute_logps(groups, weights="reference")
     learner.load_checkpoint(str(tmp_path), "ckpt")
-    assert learner.compute_logps(pairs, weights="reference") == pytest.approx(before, abs=1e-6)
+    assert learner.compute_logps(groups, weights="reference") == [pytest.approx(row, abs=1e-6) for row in before]
     learner.drop_weights("reference")
 
 

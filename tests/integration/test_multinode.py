@@ -28,6 +28,7 @@ def main(model_dir: str) -> None:
     from apo_pipeline.engine.learner_group import LearnerGroup
     from apo_pipeline.engine.placement import Placement
     from apo_pipeline.engine.pool import GenerationPool
+    from apo_pipeline.rollout import TrainGroup
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     for _ in range(2):
@@ -43,7 +44,7 @@ def main(model_dir: str) -> None:
         "learner": ray.get([r.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()) for r in learner.ranks]),
         "gen": ray.get([e.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()) for e in pool.engines]),
     }
-    logps = learner.compute_logps([([5, 6, 7], [8, 9]), ([5, 6], [7])])
+    logps = learner.compute_logps([TrainGroup([5, 6, 7], [[8, 9], [7]], preferred=0)])[0]
     rollouts = pool.sample(["reverse:123="], GenerationConfig(temperatures=[1.0], n_per_temperature=2, max_tokens=4), seed=0)
     print(json.dumps({"nodes": nodes, "logps": logps, "candidates": len(rollouts[0].candidates), "alive": len(ray.nodes())}))
     ray.shutdown()

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from apo_pipeline.task import SyntheticTask, build_tiny_model
-from apo_pipeline.task.evaluate import hf_generate
+from apo_pipeline.task.hf_decode import hf_generate
 
 pytestmark = pytest.mark.slow
 

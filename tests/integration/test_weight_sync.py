@@ -14,14 +14,9 @@ from apo_pipeline.config.sections import AlgorithmConfig, ClusterConfig, Generat
 from apo_pipeline.engine.learner_group import LearnerGroup
 from apo_pipeline.engine.placement import Placement
 from apo_pipeline.engine.pool import GenerationPool
-from apo_pipeline.engine.weight_sync import (
-    WeightSync,
-    bucket_bytes,
-    make_buckets,
-    nccl_sender,
-    pack_bucket,
-    put_buckets,
-)
+from apo_pipeline.engine.buckets import bucket_bytes, make_buckets, pack_bucket
+from apo_pipeline.engine.synchronizer import ObjectStoreSync
+from apo_pipeline.engine.weight_sync import WeightSync, nccl_sender
 from apo_pipeline.rollout import TrainGroup
 
 PROMPTS = ["reverse 3 1 4 =", "reverse 2 7 1 8 =", "reverse 9 0 =", "reverse 6 ="]
@@ -33,7 +28,7 @@ def test_make_buckets_respects_the_size_and_order() -> None:
     tensors = [("a", torch.zeros(10)), ("b", torch.zeros(10)), ("c", torch.zeros(30)), ("d", torch.zeros(5))]
     buckets = list(make_buckets(tensors, max_bytes=80))
     assert [list(b) for b in buckets] == [["a", "b"], ["c"], ["d"]]
-    assert bucket_bytes(SyncConfig(bucket_mb=0.5)) == 512 * 1024
+    assert bucket_bytes(0.5) == 512 * 1024
     with pytest.raises(ValueError, match="appears twice"):
         list(make_buckets([("a", torch.zeros(1)), ("a", torch.zeros(1))], max_bytes=8))
 
@@ -48,10 +43,11 @@ def test_pack_bucket_round_trips_any_dtype() -> None:
 
 @ray.remote(num_cpus=0)
 class BucketSource:
-    """Stands in for a learner rank: holds an HF model and streams its buckets (a Ray generator)."""
+    """Stands in for a learner rank: holds an HF model and streams its buckets (a Ray generator).
+    Actors of this module get what they need as arguments: its functions do not import in a worker."""
 
-    def __init__(self, model_dir: str) -> None:
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir)
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
 
     def stream_buckets(self, max_bytes: int):
         for bucket in make_buckets(self.model.named_parameters(), max_bytes):
@@ -88,24 +84,26 @@ def test_sync_round_trip(gen_pool, placement, tiny_model_dir, hf_reference, one_
     model = perturbed(tiny_model_dir)
     sync = WeightSync.options(**placement.options("weight-sync")).remote(gen_pool)
 
-    stats = ray.get(sync.sync.remote(put_buckets(model.named_parameters(), BUCKET_BYTES)))
+    perturbed_source = BucketSource.remote(model)
+    stats = ray.get(sync.sync_stream.remote(perturbed_source, "stream_buckets", BUCKET_BYTES))
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     assert stats.buckets > 1 and stats.engines == 2
     assert param_bytes <= stats.bytes < param_bytes * 1.05
 
     assert_engines_serve(gen_pool, model, hf_reference, eos, before)
 
-    source = BucketSource.remote(tiny_model_dir)
+    source = BucketSource.remote(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
     restored = ray.get(sync.sync_stream.remote(source, "stream_buckets", BUCKET_BYTES))
     assert restored.buckets == stats.buckets
     assert [r.candidates[0].token_ids for r in gen_pool.generate_greedy(PROMPTS, MAX_TOKENS)] == before
     ray.kill(source)
+    ray.kill(perturbed_source)
     ray.kill(sync)
 
 
 @pytest.mark.slow
 def test_learner_sync_reaches_the_engines(gen_pool, tiny_model_dir, hf_reference, one_torch_thread, tmp_path) -> None:
-    """A real 2-rank ZeRO-3 learner takes a step, then `LearnerGroup.sync_weights` streams its
+    """A real 2-rank ZeRO-3 learner takes a step, then `ObjectStoreSync.sync` streams its
     gathered weights into both engines: vLLM's greedy tokens and sampling log-probs then equal
     transformers' on the learner's own HF export."""
     eos = AutoTokenizer.from_pretrained(tiny_model_dir).eos_token_id
@@ -122,14 +120,14 @@ def test_learner_sync_reaches_the_engines(gen_pool, tiny_model_dir, hf_reference
         for group, logps in zip(groups, learner.compute_logps(groups)):
             group.ref_logps = logps
         learner.train_step(groups)
-        stats = learner.sync_weights(sync, BUCKET_BYTES)
+        stats = ObjectStoreSync(learner, gen_pool, sync, BUCKET_BYTES).sync()
         assert stats.buckets > 1 and stats.engines == 2
         learner.export_hf(str(tmp_path / "hf"))
         model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
 
         assert_engines_serve(gen_pool, model, hf_reference, eos, before)
     finally:
-        source = BucketSource.remote(tiny_model_dir)
+        source = BucketSource.remote(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
         ray.get(sync.sync_stream.remote(source, "stream_buckets", BUCKET_BYTES))  # the session pool's weights back
         ray.kill(source)
         ray.kill(sync)
@@ -142,13 +140,13 @@ def test_learner_sync_reaches_the_engines(gen_pool, tiny_model_dir, hf_reference
 class NcclLearner:
     """GPU smoke: learner rank 0 holding the perturbed model on its GPU; sends it over NCCL."""
 
-    def __init__(self, model_dir: str, weight_sync: ray.actor.ActorHandle) -> None:
+    def __init__(self, model: torch.nn.Module, weight_sync: ray.actor.ActorHandle) -> None:
         from vllm.distributed.weight_transfer.base import ModuleSource
 
         with socket.socket() as s:
             s.bind(("", 0))
             port = s.getsockname()[1]
-        self.model = perturbed(model_dir).cuda()
+        self.model = model.cuda()
         address = ray.util.get_node_ip_address()
         self.sender = nccl_sender(weight_sync, rank=0, master_address=address, master_port=port, source=ModuleSource(self.model))
 
@@ -168,7 +166,7 @@ def test_nccl_sync_gpu_smoke(ray_session, tiny_model_dir, hf_reference) -> None:
     model = ModelConfig(path=tiny_model_dir)
     pool = GenerationPool(tiny_model_dir, model, cluster, placement, sync=SyncConfig(backend="nccl"))
     sync = WeightSync.options(**placement.options("weight-sync")).remote(pool)
-    learner = NcclLearner.options(**placement.options("learner", 0)).remote(tiny_model_dir, sync)
+    learner = NcclLearner.options(**placement.options("learner", 0)).remote(perturbed(tiny_model_dir), sync)
     before = [r.candidates[0].token_ids for r in pool.generate_greedy(PROMPTS, MAX_TOKENS)]
     ray.get(learner.send.remote())
     reference = perturbed(tiny_model_dir)

@@ -208,3 +208,14 @@ def test_address_flag_sets_cluster_address_and_skips_the_local_cpu_check():
     assert cfg.cluster.address == "ray://head:10001" and cfg.cluster.learner_ranks == 16
     with pytest.raises(ConfigError, match="cluster.learner_ranks"):
         resolve_config("onmcpo", parse_args("onmcpo", ["cluster.learner_ranks=16"]))
+
+
+def test_ray_address_is_read_by_the_launcher_not_by_config_validation(monkeypatch):
+    """Under `ray job submit` (RAY_ADDRESS set) the launcher records the joined cluster in
+    cluster.address; the config's own validation never reads the environment."""
+    over = [f"cluster.learner_ranks={LOCAL_NUM_CPUS}"]
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    assert "a local Ray gets" in error_of(OnMCPOConfig, over)
+    cfg = resolve_config("onmcpo", parse_args("onmcpo", over))
+    assert cfg.cluster.address == "ray://head:10001"
+    assert resolve_config("onmcpo", parse_args("onmcpo", ["--address", "ray://other:1", *over])).cluster.address == "ray://other:1"

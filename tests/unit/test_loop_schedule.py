@@ -45,8 +45,9 @@ def rollout(k: int) -> Rollout:
 
 def test_failed_rankings_are_dropped_not_given_a_winner():
     rollouts = [rollout(3), rollout(3)]
+    rollouts[0].prompt_ids = [7, 8]
     built = candidate_groups(rollouts, [PromptRanking(winner=2), PromptRanking(winner=None)])
-    assert built.dropped == 1 and built.source_index == [0]
+    assert built.dropped == 1 and [g.prompt_ids for g in built.groups] == [[7, 8]]
     assert built.groups[0].preferred == 2 and len(built.groups[0].candidate_ids) == 3
 
 

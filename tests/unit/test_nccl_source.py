@@ -1,8 +1,10 @@
 """The learner's WeightSource for vLLM's nccl backend keeps vLLM's contract: metadata() matches
-iteration element for element (name, dtype, full shape), and iteration is a fresh full pass each time."""
+iteration element for element (name, dtype, full shape), iteration is a fresh full pass each time,
+and a pass counts the buckets it gathered and the bytes it yielded (the NCCL sync's stats)."""
 
 import torch
 
+from apo_pipeline.engine.buckets import make_buckets
 from apo_pipeline.engine.nccl_source import ZeroWeightSource
 
 
@@ -16,3 +18,5 @@ def test_metadata_matches_iteration_and_passes_repeat():
     assert [n for n, _ in first] == [n for n, _ in model.named_parameters()]
     assert all(torch.equal(t, p) for (_, t), (_, p) in zip(first, model.named_parameters()))
     assert [n for n, _ in source] == [n for n, _ in first]
+    assert source.nbytes == sum(p.numel() * p.element_size() for p in model.parameters())
+    assert source.buckets == len(list(make_buckets(model.named_parameters(), 64))) > 1

@@ -1,12 +1,10 @@
-"""Reference decoding with transformers and mean latent reward, for checks and reports."""
+"""Reference decoding with plain transformers (the check that vLLM decodes as HF does)."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from apo_pipeline.task.synthetic import latent_reward
 from apo_pipeline.task.warmup import single_thread
 
 
@@ -65,16 +63,3 @@ def _decode_one(
         step_input = torch.tensor([[token]])
     return response
 
-
-def mean_reward(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
-    *,
-    temperature: float = 0.0,
-    seed: int = 0,
-) -> float:
-    """Mean r* over ``prompts`` of one decoded response each (greedy when ``temperature`` is 0)."""
-    responses = hf_generate(model, tokenizer, prompts, temperature=temperature, seed=seed)
-    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-    return float(np.mean([latent_reward(p, t) for p, t in zip(prompts, texts)]))
