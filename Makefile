@@ -22,7 +22,7 @@ smollm2: venv
 	@bash scripts/install-smollm2.sh
 
 test: venv
-	$(PYTEST) -q -ra -m "not gpu" tests
+	$(PYTEST) -q -ra --durations=25 -m "not gpu" tests
 
 test-fast: venv
 	$(PYTEST) -q -ra -m "not slow and not gpu" tests
