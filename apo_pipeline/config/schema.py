@@ -86,6 +86,7 @@ def _check_common(cfg: BaseJobConfig) -> None:
         t1, t2 = cfg.algorithm.cdpo
         if not 0 <= t1 < t2:
             _fail("algorithm.cdpo", f"need 0 <= t1 < t2, got ({t1}, {t2})")
+    _check_engine_reference(cfg)
     if cfg.judge.backend == "llm" and not cfg.judge.model:
         _fail("judge.model", "the llm judge needs a model path")
     cl = cfg.cluster
@@ -110,6 +111,19 @@ def _check_common(cfg: BaseJobConfig) -> None:
                 f"placement needs {need_cpu:g} CPUs but a local Ray gets {LOCAL_NUM_CPUS} "
                 "(set cluster.num_cpus, or cluster.address to join a cluster)",
             )
+
+
+def _check_engine_reference(cfg: BaseJobConfig) -> None:
+    """The engines hold the round-start weights, so their log-probs are pi_ref only when pi_ref is
+    the round's start (APO always; OnMC-PO with algorithm.reference: round); offline MC-PO samples nothing."""
+    if not cfg.algorithm.reference_from_engines:
+        return
+    job = getattr(cfg, "job", None)
+    if job == "mcpo":
+        _fail("algorithm.reference_from_engines", "offline MC-PO samples no candidates; remove the key")
+    if job != "apo" and cfg.algorithm.reference != "round":
+        _fail("algorithm.reference_from_engines", "needs algorithm.reference: round (after round 1 the engines no "
+              "longer hold the initial policy)")
 
 
 def _check_loss_options(cfg: BaseJobConfig) -> None:

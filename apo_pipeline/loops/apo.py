@@ -41,7 +41,7 @@ def iteration_data(pipe: Pipeline, cfg: APOConfig, prompts: list[Any], t: int) -
         built = winner_vs_random(rollouts, rankings, seed=derive_seed(cfg.seed, "pairs", t))
         judgements = judgements_from_rankings(rollouts, rankings)
     pipe.log.log("data", iteration=t, prompts=len(rollouts), dropped_by_judge=built.dropped)
-    groups = pipe.reference_logps(built.groups, t)
+    groups = pipe.reference_of(built, rollouts, t)
     pipe.save_tables(t, rollouts, judgements, groups)
     return groups
 

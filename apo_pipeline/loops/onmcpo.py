@@ -20,7 +20,7 @@ from typing import Any
 
 from apo_pipeline.config import OnMCPOConfig
 from apo_pipeline.loops.pairs import candidate_groups
-from apo_pipeline.loops.pipeline import Pipeline, judgements_from_rankings
+from apo_pipeline.loops.pipeline import REFERENCE, Pipeline, judgements_from_rankings
 from apo_pipeline.loops.schedule import split_segments, steps_per_part
 from apo_pipeline.rollout import TrainGroup
 
@@ -32,7 +32,7 @@ def segment_data(pipe: Pipeline, prompts: list[Any], s: int, initial_reference: 
     rankings = pipe.rank(rollouts, s)
     built = candidate_groups(rollouts, rankings)
     pipe.log.log("data", segment=s, prompts=len(rollouts), dropped_by_judge=built.dropped)
-    groups = pipe.reference_logps(built.groups, s, kept=initial_reference)
+    groups = pipe.reference_of(built, rollouts, s, REFERENCE if initial_reference else None)
     pipe.save_tables(s, rollouts, judgements_from_rankings(rollouts, rankings), groups)
     return groups
 

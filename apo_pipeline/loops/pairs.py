@@ -63,3 +63,13 @@ def sppo_pairs(rollouts: list[Rollout], win_rates: list[WinRates]) -> Built:
         groups.append(TrainGroup(ro.prompt_ids, ids, 0, win_probs=probs))
         index.append(n)
     return Built(groups, index, len(rollouts) - len(groups))
+
+
+def with_engine_logps(built: Built, rollouts: list[Rollout]) -> list[TrainGroup]:
+    """`built.groups` with `ref_logps` = the log-probs the engines returned while sampling each
+    candidate (`Candidate.logprob`; the raw log pi of the engines' weights under
+    `algorithm.reference_from_engines`). A group's candidate is found in its rollout by token ids."""
+    for group, n in zip(built.groups, built.source_index, strict=True):
+        logps = {tuple(c.token_ids): c.logprob for c in rollouts[n].candidates}
+        group.ref_logps = [logps[tuple(ids)] for ids in group.candidate_ids]
+    return built.groups

@@ -26,6 +26,7 @@ from apo_pipeline.engine.pool import GenerationPool
 from apo_pipeline.engine.weight_sync import WeightSync, bucket_bytes
 from apo_pipeline.engine.worker_group import wait_names_free
 from apo_pipeline.loops.evaluation import Evaluator
+from apo_pipeline.loops.pairs import Built, with_engine_logps
 from apo_pipeline.loops.stop import RunStopped
 from apo_pipeline.loops.resume import ResumePoint, restore_latest, save_round
 from apo_pipeline.loops.schedule import epoch_steps, step_batches
@@ -99,6 +100,7 @@ class Pipeline:
             str(self.model_dir), cfg.model, cl, self.placement, sync=cfg.sync,
             max_prompt_tokens=cfg.data.max_prompt_tokens, overlong=cfg.data.overlong, seed=cfg.seed,
             max_restarts=cfg.fault.actor_restarts,
+            logprobs_mode="raw_logprobs" if cfg.algorithm.reference_from_engines else "processed_logprobs",
         )
         self.pool.restart_hook = self._resync_engines
         self.judge = JudgePool(cfg.judge, cl, self.placement, model_path=judge_dir, seed=cfg.seed,
@@ -194,9 +196,24 @@ class Pipeline:
     def reference_logps(self, groups: list[TrainGroup], index: int, kept: bool = False) -> list[TrainGroup]:
         """Store log pi_ref of every candidate with the data: pi_ref = the current policy (the round's
         start), or with `kept` the weights of `keep_reference` (swapped in, never moved weights)."""
+        return self._reference_pass(groups, index, REFERENCE if kept else None)
+
+    def _reference_pass(self, groups: list[TrainGroup], index: int, weights: str | None) -> list[TrainGroup]:
+        """A learner pass storing log pi of every candidate under the kept `weights` (None: current)."""
         with self.timer.stage("ref_logprobs", **{self.unit: index}) as st:
-            for group, logps in zip(groups, self.learner.compute_logps(groups, REFERENCE if kept else None)):
+            for group, logps in zip(groups, self.learner.compute_logps(groups, weights)):
                 group.ref_logps = list(logps)
+            st["pairs"] = len(groups)
+        return groups
+
+    def reference_of(self, built: Built, rollouts: list[Rollout], index: int, weights: str | None = None) -> list[TrainGroup]:
+        """log pi_ref of every candidate of `built`: with `algorithm.reference_from_engines` the raw
+        log-probs the engines returned while sampling (they hold the round-start weights), else a
+        learner pass under the kept `weights` (None: the current weights, the round's start)."""
+        if not self.cfg.algorithm.reference_from_engines:
+            return self._reference_pass(built.groups, index, weights)
+        with self.timer.stage("ref_logprobs", **{self.unit: index}, source="engines") as st:
+            groups = with_engine_logps(built, rollouts)
             st["pairs"] = len(groups)
         return groups
 
