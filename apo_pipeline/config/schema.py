@@ -87,6 +87,8 @@ def _check_common(cfg: BaseJobConfig) -> None:
         if not 0 <= t1 < t2:
             _fail("algorithm.cdpo", f"need 0 <= t1 < t2, got ({t1}, {t2})")
     _check_engine_reference(cfg)
+    if getattr(getattr(cfg, "loop", None), "stream", False) and cfg.cluster.colocate and cfg.cluster.use_gpu:
+        _fail("loop.stream", "needs the engines on their own GPUs: colocated engines sleep while the learner trains")
     if cfg.judge.backend == "llm" and not cfg.judge.model:
         _fail("judge.model", "the llm judge needs a model path")
     cl = cfg.cluster
@@ -152,7 +154,17 @@ def _placement_cpus(cfg: BaseJobConfig) -> float:
     return cl.cpus_per_actor * bundles
 
 
-class OnMCPOLoop(Section):
+class StreamedLoop(Section):
+    """Streamed rounds (docs STREAMING.md): generation, judge, reference log-probs and training overlap."""
+
+    stream: bool = Field(
+        False, description="overlap a round's stages by chunks of prompts (off: one stage after another; the "
+        "algorithm experiments that would justify it as the default have not been run)"
+    )
+    stream_chunk: int = Field(16, ge=1, description="prompts per chunk of a streamed round")
+
+
+class OnMCPOLoop(StreamedLoop):
     """Batched online MC-PO: total_steps split into `segments`, data regenerated at each segment start."""
 
     segments: int = Field(3, ge=1)
@@ -162,7 +174,7 @@ class OnMCPOLoop(Section):
     )
 
 
-class APOLoop(Section):
+class APOLoop(StreamedLoop):
     """Iterative APO: T iterations, E epochs each, extrapolation weight alpha (0 = iterative DPO)."""
 
     iterations: int = Field(3, ge=1)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from apo_pipeline.ranking import PromptRanking, WinRates
 from apo_pipeline.rollout import Rollout, TrainGroup
+from apo_pipeline.storage import Judgement
 
 
 @dataclass
@@ -22,6 +23,14 @@ class Built:
     groups: list[TrainGroup]
     source_index: list[int]
     dropped: int
+
+
+@dataclass
+class Judged:
+    """The judge's verdicts on some rollouts: the groups built from them and the storage records."""
+
+    built: Built
+    judgements: list[Judgement]
 
 
 def _ids(rollout: Rollout) -> list[list[int]]:
