@@ -14,7 +14,7 @@ lr 1e-4 constant, every prompt once, in `segments` windows of `segment_prompts` 
   window's time is that of its `steps_per_segment` optimizer steps.
 
 - Ours streamed: the same command with `loop.stream=true` (chunks of `STREAM_CHUNK` prompts,
-  docs STREAMING.md), measured in the same rounds as the other two sides (side by side).
+  docs/algorithms.md), measured in the same rounds as the other two sides (side by side).
 
 Each side runs `ROUNDS` times, rotating which goes first. Segment / window 1 of every run (first
 compilation, first sync) is left out; the figures are medians over the rest. Key `end_to_end_vs_trl` = ours / TRL prompts/s (goal >= 2). `overlap` = the sum of our

@@ -155,7 +155,7 @@ def _placement_cpus(cfg: BaseJobConfig) -> float:
 
 
 class StreamedLoop(Section):
-    """Streamed rounds (docs STREAMING.md): generation, judge, reference log-probs and training overlap."""
+    """Streamed rounds (docs/algorithms.md): generation, judge, reference log-probs and training overlap."""
 
     stream: bool = Field(
         False, description="overlap a round's stages by chunks of prompts (off: one stage after another; the "

@@ -1,4 +1,4 @@
-"""The schedule of a streamed round (docs STREAMING.md), pure Python: chunks, unlocked steps, batches.
+"""The schedule of a streamed round (docs/algorithms.md), pure Python: chunks, unlocked steps, batches.
 
 A round's P prompts are cut, in order, into chunks of `chunk` prompts (the last one shorter).
 After chunks 1..j (P_j prompts) are judged and have their reference log-probs, floor(S P_j / P) of

@@ -1,4 +1,4 @@
-"""Streamed rounds (`loop.stream`; docs STREAMING.md): one round's stages overlap by chunks of prompts.
+"""Streamed rounds (`loop.stream`; docs/algorithms.md): one round's stages overlap by chunks of prompts.
 
     cut the round's prompts into chunks of loop.stream_chunk
     generation thread: sample each chunk in turn (the engines keep the round-start weights)
