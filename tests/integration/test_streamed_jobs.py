@@ -11,9 +11,10 @@ from test_jobs import check_run_contract, events, final_weights, job_cmd, kill_w
 
 pytestmark = pytest.mark.slow
 
-# 8 prompts per iteration in chunks of 2: 4 chunks, S = 3 steps unlocked after chunks 2, 3 and 4;
-# a checkpoint after every step once the iteration's data is stored.
-STREAMED = ("loop.stream=true", "loop.stream_chunk=2", "loop.epochs=3", "checkpoint.every_steps=1")
+# 8 prompts per iteration in chunks of 2: 4 chunks, S = 5 steps, floor(5 P_j / 8) = 1, 2, 3, 5 of
+# them unlocked after each chunk; a checkpoint after every step once the iteration's data is
+# stored (so one inside each iteration, after step 4 of 5).
+STREAMED = ("loop.stream=true", "loop.stream_chunk=2", "loop.epochs=5", "checkpoint.every_steps=1")
 
 
 def stages(run_dir: Path, unit: str, index: int) -> list[dict]:
@@ -40,8 +41,8 @@ def test_streamed_apo_overlaps_its_stages(streamed_straight):
         assert [e["chunk"] for e in generate] == [0, 1, 2, 3] == [e["chunk"] for e in judge]
         assert judge[0]["start"] < generate[-1]["time"], "the judge waited for the whole round's generation"
         assert train[0]["start"] < judge[-1]["time"], "training waited for the whole round's judging"
-        assert [e["chunk"] for e in train] == [1, 2, 3]  # floor(3 P_j / 8) = 0, 1, 2, 3 steps
-    assert [e["step"] for e in events(run_dir, "train")] == list(range(6))
+        assert [e["chunk"] for e in train] == [0, 1, 2, 3]
+    assert [e["step"] for e in events(run_dir, "train")] == list(range(10))
     assert (run_dir / "iter_0001" / "stream.json").is_file()
 
 
