@@ -23,6 +23,7 @@ STREAMS = (
     "rank-ties",  # the judge's coin for exact ties in the iterative ranking (index: round)
     "pairs",  # APO's uniformly drawn loser per prompt (index: iteration)
     "batches",  # the per-step batches of one round (index: round)
+    "stream-batches",  # one step's batch of a streamed round (indices: round, step in the round)
     "mc-kernel",  # the MC kernel's negatives (indices: global step, learner rank)
     "eval",  # the held-out evaluation's sampled responses (no index: the same at every evaluation)
     "reward-judge",  # the reward judge's Bernoulli draw in mode `sample` (indices: prompt, a, b)

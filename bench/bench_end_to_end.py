@@ -13,9 +13,14 @@ lr 1e-4 constant, every prompt once, in `segments` windows of `segment_prompts` 
 - TRL: `bench/trl_online_dpo.py` in its own process: `OnlineDPOTrainer` with vLLM colocated, a
   window's time is that of its `steps_per_segment` optimizer steps.
 
-Each side runs `ROUNDS` times, alternating which goes first. Segment / window 1 of every run (first
+- Ours streamed: the same command with `loop.stream=true` (chunks of `STREAM_CHUNK` prompts,
+  docs/algorithms.md), measured in the same rounds as the other two sides (side by side).
+
+Each side runs `ROUNDS` times, rotating which goes first. Segment / window 1 of every run (first
 compilation, first sync) is left out; the figures are medians over the rest. Key `end_to_end_vs_trl` = ours / TRL prompts/s (goal >= 2). `overlap` = the sum of our
 stage times over the segment's wall time: above 1 would mean stages ran concurrently.
+`streamed`: the streamed side's figures; `streamed_vs_sequential` = sequential / streamed seconds
+per segment (above 1: streaming is faster on this workload).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from workload import WORKLOAD, write_prompts
 TIMEOUT_S = 400  # one run of one side
 ROUNDS = 2  # runs per side, alternating which side goes first
 SEGMENT_STAGES = ("generate", "judge", "ref_logprobs", "train", "sync")
+STREAM_CHUNK = 16  # prompts per chunk of a streamed segment: 4 chunks of the 64-prompt segment
 
 
 def run(command: list[str], log: Path) -> None:
@@ -63,14 +69,16 @@ def ours_overrides(model_dir: str, prompts_file: Path) -> list[str]:
 
 
 def ours_segments(run_dir: Path) -> list[dict[str, Any]]:
-    """Per segment: wall seconds from its generation's start to its sync's end, and each stage's seconds."""
+    """Per segment: wall seconds from its (first) generation's start to its sync's end, and each
+    stage's seconds (summed over a streamed segment's chunks)."""
     stages = [e for e in read_metrics(run_dir, "stage") if e["stage"] in SEGMENT_STAGES]
     out = []
     for s in range(1, WORKLOAD.segments + 1):
-        mine = {e["stage"]: e for e in stages if e["segment"] == s}
-        start = mine["generate"]["time"] - mine["generate"]["seconds"]
-        out.append({"segment": s, "seconds": mine["sync"]["time"] - start,
-                    "stages": {name: mine[name]["seconds"] for name in SEGMENT_STAGES}})
+        mine = [e for e in stages if e["segment"] == s]
+        start = min(e["time"] - e["seconds"] for e in mine if e["stage"] == "generate")
+        end = max(e["time"] for e in mine if e["stage"] == "sync")
+        out.append({"segment": s, "seconds": end - start,
+                    "stages": {name: sum(e["seconds"] for e in mine if e["stage"] == name) for name in SEGMENT_STAGES}})
     return out
 
 
@@ -97,11 +105,27 @@ def versions() -> dict[str, str]:
     return {"trl": trl.__version__, "accelerate": accelerate.__version__}
 
 
-def run_ours(tmp: Path, model_dir: str, prompts_file: Path, r: int) -> list[dict[str, Any]]:
-    run_dir = tmp / f"ours-{r}"
-    command = [sys.executable, "jobs/onmcpo.py", "--run-dir", str(run_dir), *ours_overrides(model_dir, prompts_file)]
-    run(command, tmp / f"ours-{r}.log")
-    return [dict(s, run=r) for s in ours_segments(run_dir)]
+def run_ours(tmp: Path, model_dir: str, prompts_file: Path, r: int, stream: bool = False) -> list[dict[str, Any]]:
+    name = f"ours{'-streamed' if stream else ''}-{r}"
+    streamed = ["loop.stream=true", f"loop.stream_chunk={STREAM_CHUNK}"] if stream else []
+    command = [sys.executable, "jobs/onmcpo.py", "--run-dir", str(tmp / name), *ours_overrides(model_dir, prompts_file),
+               *streamed]
+    run(command, tmp / f"{name}.log")
+    return [dict(s, run=r) for s in ours_segments(tmp / name)]
+
+
+def run_streamed(tmp: Path, model_dir: str, prompts_file: Path, r: int) -> list[dict[str, Any]]:
+    return run_ours(tmp, model_dir, prompts_file, r, stream=True)
+
+
+def summary(segments: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median seconds of the steady segments (2..), per-stage medians and the overlap."""
+    steady = [s for s in segments if s["segment"] > 1]
+    median_s = statistics.median(s["seconds"] for s in steady)
+    stage_sum = statistics.median(sum(s["stages"].values()) for s in steady)
+    return {"segments": segments, "median_s": median_s,
+            "breakdown_s": {n: statistics.median(s["stages"][n] for s in steady) for n in SEGMENT_STAGES},
+            "overlap": {"stage_sum_s": stage_sum, "wall_s": median_s, "ratio": ratio(stage_sum, median_s)}}
 
 
 def run_trl(tmp: Path, model_dir: str, prompts_file: Path, r: int) -> list[dict[str, Any]]:
@@ -114,35 +138,37 @@ def run_trl(tmp: Path, model_dir: str, prompts_file: Path, r: int) -> list[dict[
 def main() -> None:
     w = WORKLOAD
     ours: list[dict[str, Any]] = []
+    streamed: list[dict[str, Any]] = []
     trl: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         model_dir = build_model(tmp_path)
         prompts_file = tmp_path / "prompts.jsonl"
         write_prompts(prompts_file)
-        for r in range(ROUNDS):  # ours first in even rounds, TRL first in odd ones
-            sides = [(ours, run_ours), (trl, run_trl)]
-            for into, side in sides if r % 2 == 0 else sides[::-1]:
+        sides = [(ours, run_ours), (streamed, run_streamed), (trl, run_trl)]
+        for r in range(ROUNDS):  # each round starts with the next side
+            for into, side in sides[r % 3:] + sides[:r % 3]:
                 into.extend(side(tmp_path, model_dir, prompts_file, r))
         info = model_info(model_dir)
 
-    steady_ours = [s for s in ours if s["segment"] > 1]
     steady_trl = [win for win in trl if win["window"] > 1]
-    ours_s = statistics.median(s["seconds"] for s in steady_ours)
+    seq, stream = summary(ours), summary(streamed)
+    ours_s, streamed_s = seq["median_s"], stream["median_s"]
     trl_s = statistics.median(win["seconds"] for win in steady_trl)
-    stage_sum = statistics.median(sum(s["stages"].values()) for s in steady_ours)
     result = {
         "ratio": ratio(trl_s, ours_s),  # the same prompts per window: prompts/s ratio = inverse time ratio
         "goal": ">= 2.0",
         "ours_prompts_per_s": w.segment_prompts / ours_s,
         "trl_prompts_per_s": w.segment_prompts / trl_s,
-        "ours": {"segments": ours, "median_s": ours_s,
-                 "breakdown_s": {n: statistics.median(s["stages"][n] for s in steady_ours) for n in SEGMENT_STAGES}},
+        "ours": {k: v for k, v in seq.items() if k != "overlap"},
+        "streamed": {**stream, "chunk": STREAM_CHUNK, "prompts_per_s": w.segment_prompts / streamed_s,
+                     "ratio_vs_trl": ratio(trl_s, streamed_s)},
+        "streamed_vs_sequential": ratio(ours_s, streamed_s),
         "trl": {"windows": trl, "median_s": trl_s,
                 "generate_incl_sync_median_s": statistics.median(win["generate_incl_sync_s"] for win in steady_trl),
                 "sync_median_s": statistics.median(win["sync_s"] for win in steady_trl),
                 "generation": "vLLM colocated (use_vllm, vllm_mode=colocate), layerwise-reload shim for vLLM 0.32"},
-        "overlap": {"stage_sum_s": stage_sum, "wall_s": ours_s, "ratio": ratio(stage_sum, ours_s)},
+        "overlap": seq["overlap"],
         "workload": {"prompts_per_window": w.segment_prompts, "windows": w.segments, "runs_per_side": ROUNDS,
                      "measured": "windows 2.. of every run", "completions": w.completions,
                      "temperature": w.temperature, "max_tokens": w.max_tokens, "pairs_per_step": w.pairs_per_step,
@@ -153,7 +179,8 @@ def main() -> None:
     }
     write_result("end_to_end_vs_trl", result)
     print(f"end_to_end_vs_trl = {result['ratio']:.3f} ({result['ours_prompts_per_s']:.2f} vs "
-          f"{result['trl_prompts_per_s']:.2f} prompts/s)")
+          f"{result['trl_prompts_per_s']:.2f} prompts/s); streamed {result['streamed']['ratio_vs_trl']:.3f}, "
+          f"streamed_vs_sequential {result['streamed_vs_sequential']:.3f}")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ config's steady rounds (round >= 2; round 1 pays one-time warm-ups and is shown 
 mode. Prints measured against predicted seconds per round, the error, the spread between the
 repeats (the measurement noise) and the machine's load average; writes `<out>/validation.json`.
 
-Streamed rounds: add `"streamed": ("loop.stream=true", "loop.stream_chunk=16"),` to MODES once the
-loop has those keys; `schedule_of` reads the chunk size from the overrides.
+Streamed rounds (mode `streamed`) are predicted from the same sequential rates; `schedule_of`
+reads the chunk size from the overrides. `--only` limits the configs (not the modes).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ CONFIGS: dict[str, tuple[str, ...]] = {
 }
 MODES: dict[str, tuple[str, ...]] = {
     "sequential": (),
+    "streamed": ("loop.stream=true", "loop.stream_chunk=16"),
 }
 STAGE_COLUMNS = ("generate", "ref_logprobs", "train", "eval", "other")
 

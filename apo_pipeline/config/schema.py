@@ -85,6 +85,9 @@ def _check_common(cfg: BaseJobConfig) -> None:
         t1, t2 = cfg.algorithm.cdpo
         if not 0 <= t1 < t2:
             _fail("algorithm.cdpo", f"need 0 <= t1 < t2, got ({t1}, {t2})")
+    _check_engine_reference(cfg)
+    if getattr(getattr(cfg, "loop", None), "stream", False) and cfg.cluster.colocate and cfg.cluster.use_gpu:
+        _fail("loop.stream", "needs the engines on their own GPUs: colocated engines sleep while the learner trains")
     if cfg.judge.backend == "llm" and not cfg.judge.model:
         _fail("judge.model", "the llm judge needs a model path")
     cl = cfg.cluster
@@ -109,6 +112,19 @@ def _check_common(cfg: BaseJobConfig) -> None:
                 f"placement needs {need_cpu:g} CPUs but a local Ray gets {LOCAL_NUM_CPUS} "
                 "(set cluster.num_cpus, or cluster.address to join a cluster)",
             )
+
+
+def _check_engine_reference(cfg: BaseJobConfig) -> None:
+    """The engines hold the round-start weights, so their log-probs are pi_ref only when pi_ref is
+    the round's start (APO always; OnMC-PO with algorithm.reference: round); offline MC-PO samples nothing."""
+    if not cfg.algorithm.reference_from_engines:
+        return
+    job = getattr(cfg, "job", None)
+    if job == "mcpo":
+        _fail("algorithm.reference_from_engines", "offline MC-PO samples no candidates; remove the key")
+    if job != "apo" and cfg.algorithm.reference != "round":
+        _fail("algorithm.reference_from_engines", "needs algorithm.reference: round (after round 1 the engines no "
+              "longer hold the initial policy)")
 
 
 def _check_loss_options(cfg: BaseJobConfig) -> None:
@@ -137,7 +153,17 @@ def _placement_cpus(cfg: BaseJobConfig) -> float:
     return cl.cpus_per_actor * bundles
 
 
-class OnMCPOLoop(Section):
+class StreamedLoop(Section):
+    """Streamed rounds (docs/algorithms.md): generation, judge, reference log-probs and training overlap."""
+
+    stream: bool = Field(
+        False, description="overlap a round's stages by chunks of prompts (off: one stage after another; the "
+        "algorithm experiments that would justify it as the default have not been run)"
+    )
+    stream_chunk: int = Field(16, ge=1, description="prompts per chunk of a streamed round")
+
+
+class OnMCPOLoop(StreamedLoop):
     """Batched online MC-PO: total_steps split into `segments`, data regenerated at each segment start."""
 
     segments: int = Field(3, ge=1)
@@ -147,7 +173,7 @@ class OnMCPOLoop(Section):
     )
 
 
-class APOLoop(Section):
+class APOLoop(StreamedLoop):
     """Iterative APO: T iterations, E epochs each, extrapolation weight alpha (0 = iterative DPO)."""
 
     iterations: int = Field(3, ge=1)

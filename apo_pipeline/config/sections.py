@@ -114,6 +114,10 @@ class AlgorithmConfig(Section):
         "initial", description="OnMC-PO's pi_ref: the starting policy (`initial`, the MC-PO paper's instruct setup) or "
         "each segment's start policy (`round`); APO always uses pi_t (docs/algorithms.md)"
     )
+    reference_from_engines: bool = Field(
+        False, description="log pi_ref of each candidate from the raw log-probs the generation engines return while "
+        "sampling (they hold the round-start weights) instead of a learner pass; needs reference: round (docs/algorithms.md)"
+    )
 
 
 class LearnerConfig(Section):

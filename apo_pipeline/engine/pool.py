@@ -100,21 +100,22 @@ class GenerationPool:
         if self.restart_hook is not None:
             self.restart_hook()
 
-    def _encode(self, prompts: list[Prompt]) -> list[EncodedPrompt]:
-        """Tokenize on engine 0 (weights play no part, so a restarted engine answers the same)."""
+    def _encode(self, prompts: list[Prompt], start: int = 0) -> list[EncodedPrompt]:
+        """Tokenize on engine 0 (weights play no part, so a restarted engine answers the same);
+        prompt indices start at `start`."""
         retries = self.group.max_restarts
         while True:
             try:
-                return ray.get(self.engines[0].encode.remote(prompts))
+                return ray.get(self.engines[0].encode.remote(prompts, start))
             except RayActorError:
                 if retries == 0:
                     raise
                 retries -= 1
                 self.group.live_pids()  # wait until it is back
 
-    def _prepare(self, prompts: list[Prompt], max_tokens: int) -> list[EncodedPrompt]:
+    def _prepare(self, prompts: list[Prompt], max_tokens: int, start: int = 0) -> list[EncodedPrompt]:
         """Tokenize on engine 0 and apply the overlong policy; counts go to `self.last`."""
-        encoded = self._encode(prompts)
+        encoded = self._encode(prompts, start)
         limit = self.max_model_len - max_tokens
         if self.max_prompt_tokens is not None:
             limit = min(limit, self.max_prompt_tokens)
@@ -130,9 +131,9 @@ class GenerationPool:
         self.last["truncated"] = len(over)
         return [p if len(p.token_ids) <= limit else replace(p, token_ids=p.token_ids[-limit:]) for p in encoded]
 
-    def _run(self, prompts: list[Prompt], max_tokens: int, k: int, method: str, *args: Any) -> list[Rollout]:
+    def _run(self, prompts: list[Prompt], max_tokens: int, k: int, method: str, *args: Any, first: int = 0) -> list[Rollout]:
         start = time.perf_counter()
-        encoded = self._prepare(prompts, max_tokens)
+        encoded = self._prepare(prompts, max_tokens, first)
         shards = spread([len(p.token_ids) + k * max_tokens for p in encoded], self.num_engines)
         rollouts = self.group.shard(shards, method, encoded, *args)
         seconds = time.perf_counter() - start
@@ -150,11 +151,13 @@ class GenerationPool:
         self.totals["calls"] += 1
         return rollouts
 
-    def sample(self, prompts: list[Prompt], gen: GenerationConfig, seed: int) -> list[Rollout]:
-        """K = gen.num_candidates candidates per kept prompt, in prompt order, grouped by temperature."""
+    def sample(self, prompts: list[Prompt], gen: GenerationConfig, seed: int, first: int = 0) -> list[Rollout]:
+        """K = gen.num_candidates candidates per kept prompt, in prompt order, grouped by temperature.
+        `first`: the index of `prompts[0]` in the round (a streamed chunk's offset): prompt indices,
+        and hence the seeds, are those the whole round's call would give."""
         return self._run(
             prompts, gen.max_tokens, gen.num_candidates, "sample",
-            gen.n_per_temperature, list(gen.temperatures), gen.max_tokens, seed, gen.top_p,
+            gen.n_per_temperature, list(gen.temperatures), gen.max_tokens, seed, gen.top_p, first=first,
         )
 
     def generate_greedy(self, prompts: list[Prompt], max_tokens: int) -> list[Rollout]:

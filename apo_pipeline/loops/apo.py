@@ -12,6 +12,8 @@
         sync theta_{t+1}, evaluate it ("policy: extrapolated"); it samples iteration t+1's data
         checkpoint (theta_{t+1} trained on, thetahat_{t+1} kept)
     output pihat_{T+1} (`final/`): the seed states its guarantees for it (y' ~ pihat_{T+1})
+    loop.stream: sampling, judging, storing log pi_t and training overlap by chunks of prompts
+    (loops/streaming.py); the E epochs count the prompts, so the steps are known up front
 """
 
 from __future__ import annotations
@@ -21,28 +23,33 @@ from typing import Any
 
 from apo_pipeline.config import APOConfig
 from apo_pipeline.engine.learner_worker import THETAHAT
-from apo_pipeline.loops.pairs import sppo_pairs, winner_vs_random
+from apo_pipeline.loops.pairs import Judged, sppo_pairs, winner_vs_random
 from apo_pipeline.loops.pipeline import Pipeline, judgements_from_rankings, judgements_from_win_rates
 from apo_pipeline.loops.schedule import epoch_steps, split_segments
-from apo_pipeline.rollout import TrainGroup
+from apo_pipeline.loops.streaming import streamed_round
+from apo_pipeline.rollout import Rollout, TrainGroup
 from apo_pipeline.seeds import derive_seed
 
 HAT, EXTRAPOLATED = "hat", "extrapolated"  # the `policy` of APO's eval events
 
 
+def judged(pipe: Pipeline, cfg: APOConfig, rollouts: list[Rollout], t: int, chunk: int | None = None) -> Judged:
+    """sppo: win-rate matrices -> (argmax, argmin); dpo / ipo: ranking -> (winner, a random other)."""
+    if cfg.algorithm.loss == "sppo":
+        rates = pipe.win_rates(rollouts, t, chunk)
+        return Judged(sppo_pairs(rollouts, rates), judgements_from_win_rates(rollouts, rates))
+    rankings = pipe.rank(rollouts, t, chunk)
+    seed = derive_seed(cfg.seed, "pairs", t, *([] if chunk is None else [chunk]))
+    return Judged(winner_vs_random(rollouts, rankings, seed=seed), judgements_from_rankings(rollouts, rankings))
+
+
 def iteration_data(pipe: Pipeline, cfg: APOConfig, prompts: list[Any], t: int) -> list[TrainGroup]:
     """Sample from pi_t, judge, build the pairs and store log pi_t with them; tables written."""
     rollouts = pipe.generate(prompts, t)
-    if cfg.algorithm.loss == "sppo":
-        rates = pipe.win_rates(rollouts, t)
-        built, judgements = sppo_pairs(rollouts, rates), judgements_from_win_rates(rollouts, rates)
-    else:
-        rankings = pipe.rank(rollouts, t)
-        built = winner_vs_random(rollouts, rankings, seed=derive_seed(cfg.seed, "pairs", t))
-        judgements = judgements_from_rankings(rollouts, rankings)
-    pipe.metrics.log("data", iteration=t, prompts=len(rollouts), dropped_by_judge=built.dropped)
-    groups = pipe.reference_logps(built.groups, t)
-    pipe.save_tables(t, rollouts, judgements, groups)
+    verdicts = judged(pipe, cfg, rollouts, t)
+    pipe.metrics.log("data", iteration=t, prompts=len(rollouts), dropped_by_judge=verdicts.built.dropped)
+    groups = pipe.reference_of(verdicts.built, rollouts, t)
+    pipe.save_tables(t, rollouts, verdicts.judgements, groups)
     return groups
 
 
@@ -76,14 +83,21 @@ def run(cfg: APOConfig, run_dir: Path) -> Path:
         for t, prompts in enumerate(chunks, start=1):
             if t <= at.done:
                 continue
-            groups = pipe.stored_pairs(t)
-            if groups is None:
-                groups = iteration_data(pipe, cfg, prompts, t)
-            steps = epoch_steps(len(groups), pipe.batch_size, cfg.loop.epochs)
             done_steps = at.steps_done_in(t)
-            if not done_steps:  # a mid-iteration checkpoint restored the optimizer and schedule
-                pipe.learner.new_iteration(steps)
-            step = pipe.train(groups, steps, t, step, done_steps)
+            if cfg.loop.stream:
+                steps = epoch_steps(len(prompts), pipe.batch_size, cfg.loop.epochs)
+                if not done_steps:  # a mid-iteration checkpoint restored the optimizer and schedule
+                    pipe.learner.new_iteration(steps)
+                step = streamed_round(pipe, prompts, t, steps, step, done_steps,
+                                      lambda rollouts, j, t=t: judged(pipe, cfg, rollouts, t, j), None)
+            else:
+                groups = pipe.stored_pairs(t)
+                if groups is None:
+                    groups = iteration_data(pipe, cfg, prompts, t)
+                steps = epoch_steps(len(groups), pipe.batch_size, cfg.loop.epochs)
+                if not done_steps:
+                    pipe.learner.new_iteration(steps)
+                step = pipe.train(groups, steps, t, step, done_steps)
             evaluate_both(pipe, t, alpha, pipe.should_evaluate(t, T))
             pipe.checkpoint(t, step)
         return pipe.export_final(THETAHAT)

@@ -11,6 +11,7 @@
         sync the new weights into the generation engines, evaluate, checkpoint
     (re-running the same command resumes from the last checkpoint, inside a segment too, and
      reuses a segment's stored data instead of sampling it again)
+    loop.stream: the first four lines of a segment overlap by chunks of prompts (loops/streaming.py)
 """
 
 from __future__ import annotations
@@ -19,21 +20,27 @@ from pathlib import Path
 from typing import Any
 
 from apo_pipeline.config import OnMCPOConfig
-from apo_pipeline.loops.pairs import candidate_groups
-from apo_pipeline.loops.pipeline import Pipeline, judgements_from_rankings
+from apo_pipeline.loops.pairs import Judged, candidate_groups
+from apo_pipeline.loops.pipeline import REFERENCE, Pipeline, judgements_from_rankings
 from apo_pipeline.loops.schedule import split_segments, steps_per_part
-from apo_pipeline.rollout import TrainGroup
+from apo_pipeline.loops.streaming import streamed_round
+from apo_pipeline.rollout import Rollout, TrainGroup
 
 
-def segment_data(pipe: Pipeline, prompts: list[Any], s: int, initial_reference: bool) -> list[TrainGroup]:
-    """Sample K candidates, rank them, store log pi_ref of every candidate (under the kept starting
-    policy with `initial_reference`, else under the segment's start policy); tables written."""
+def judged(pipe: Pipeline, rollouts: list[Rollout], s: int, chunk: int | None = None) -> Judged:
+    """The judge's iterative ranking; every candidate stays in the group, the winner preferred."""
+    rankings = pipe.rank(rollouts, s, chunk)
+    return Judged(candidate_groups(rollouts, rankings), judgements_from_rankings(rollouts, rankings))
+
+
+def segment_data(pipe: Pipeline, prompts: list[Any], s: int, reference: str | None) -> list[TrainGroup]:
+    """Sample K candidates, rank them, store log pi_ref of every candidate (under the kept weights
+    `reference`, None: the segment's start policy); tables written."""
     rollouts = pipe.generate(prompts, s)
-    rankings = pipe.rank(rollouts, s)
-    built = candidate_groups(rollouts, rankings)
-    pipe.metrics.log("data", segment=s, prompts=len(rollouts), dropped_by_judge=built.dropped)
-    groups = pipe.reference_logps(built.groups, s, kept=initial_reference)
-    pipe.save_tables(s, rollouts, judgements_from_rankings(rollouts, rankings), groups)
+    verdicts = judged(pipe, rollouts, s)
+    pipe.metrics.log("data", segment=s, prompts=len(rollouts), dropped_by_judge=verdicts.built.dropped)
+    groups = pipe.reference_of(verdicts.built, rollouts, s, reference)
+    pipe.save_tables(s, rollouts, verdicts.judgements, groups)
     return groups
 
 
@@ -49,14 +56,19 @@ def run(cfg: OnMCPOConfig, run_dir: Path) -> Path:
                 pipe.keep_reference()  # checkpoints carry it; a resume restores it
         segments = split_segments(pipe.prompts.train, cfg.loop.segments)
         steps = steps_per_part(pipe.total_steps, cfg.loop.segments)
+        reference = REFERENCE if initial else None
         step = at.step
         for s, prompts in enumerate(segments, start=1):
             if s <= at.done:
                 continue
-            groups = pipe.stored_pairs(s)
-            if groups is None:
-                groups = segment_data(pipe, prompts, s, initial)
-            step = pipe.train(groups, steps[s - 1], s, step, done_steps=at.steps_done_in(s))
+            if cfg.loop.stream:
+                step = streamed_round(pipe, prompts, s, steps[s - 1], step, at.steps_done_in(s),
+                                      lambda rollouts, j, s=s: judged(pipe, rollouts, s, j), reference)
+            else:
+                groups = pipe.stored_pairs(s)
+                if groups is None:
+                    groups = segment_data(pipe, prompts, s, reference)
+                step = pipe.train(groups, steps[s - 1], s, step, done_steps=at.steps_done_in(s))
             pipe.sync(s)
             if pipe.should_evaluate(s, len(segments)):
                 pipe.evaluate(s)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from apo_pipeline.ranking import PromptRanking, WinRates
 from apo_pipeline.rollout import Rollout, TrainGroup
+from apo_pipeline.storage import Judgement
 
 
 @dataclass
@@ -20,7 +21,16 @@ class Built:
     """The groups built and how many prompts were dropped (ranking failed)."""
 
     groups: list[TrainGroup]
+    source_index: list[int]
     dropped: int
+
+
+@dataclass
+class Judged:
+    """The judge's verdicts on some rollouts: the groups built from them and the storage records."""
+
+    built: Built
+    judgements: list[Judgement]
 
 
 def _ids(rollout: Rollout) -> list[list[int]]:
@@ -29,33 +39,46 @@ def _ids(rollout: Rollout) -> list[list[int]]:
 
 def candidate_groups(rollouts: list[Rollout], rankings: list[PromptRanking]) -> Built:
     """One group per prompt with all K candidates and the judge's winner as `preferred`."""
-    groups = []
-    for ro, rk in zip(rollouts, rankings, strict=True):
+    groups, index = [], []
+    for n, (ro, rk) in enumerate(zip(rollouts, rankings, strict=True)):
         if rk.winner is not None:
             groups.append(TrainGroup(ro.prompt_ids, _ids(ro), rk.winner))
-        return Built(groups, len(rollouts) - len(groups))
+            index.append(n)
+    return Built(groups, index, len(rollouts) - len(groups))
 
 
 def winner_vs_random(rollouts: list[Rollout], rankings: list[PromptRanking], seed: int) -> Built:
     """Pairs (winner, one other candidate drawn uniformly with a seeded RNG)."""
     rng = random.Random(seed)
-    groups = []
-    for ro, rk in zip(rollouts, rankings, strict=True):
+    groups, index = [], []
+    for n, (ro, rk) in enumerate(zip(rollouts, rankings, strict=True)):
         if rk.winner is None:
             continue
         others = [k for k in range(len(ro.candidates)) if k != rk.winner]
         loser = rng.choice(others)
         groups.append(TrainGroup(ro.prompt_ids, [ro.candidates[rk.winner].token_ids, ro.candidates[loser].token_ids], 0))
-    return Built(groups, len(rollouts) - len(groups))
+        index.append(n)
+    return Built(groups, index, len(rollouts) - len(groups))
 
 
 def sppo_pairs(rollouts: list[Rollout], win_rates: list[WinRates]) -> Built:
     """Pairs (argmax score, argmin score) with SPPO's win-probability estimates."""
-    groups = []
-    for ro, wr in zip(rollouts, win_rates, strict=True):
+    groups, index = [], []
+    for n, (ro, wr) in enumerate(zip(rollouts, win_rates, strict=True)):
         if wr.chosen is None or wr.rejected is None or wr.win_prob is None or wr.chosen == wr.rejected:
             continue
         ids = [ro.candidates[wr.chosen].token_ids, ro.candidates[wr.rejected].token_ids]
         probs = [float(wr.win_prob[wr.chosen]), float(wr.win_prob[wr.rejected])]
         groups.append(TrainGroup(ro.prompt_ids, ids, 0, win_probs=probs))
-    return Built(groups, len(rollouts) - len(groups))
+        index.append(n)
+    return Built(groups, index, len(rollouts) - len(groups))
+
+
+def with_engine_logps(built: Built, rollouts: list[Rollout]) -> list[TrainGroup]:
+    """`built.groups` with `ref_logps` = the log-probs the engines returned while sampling each
+    candidate (`Candidate.logprob`; the raw log pi of the engines' weights under
+    `algorithm.reference_from_engines`). A group's candidate is found in its rollout by token ids."""
+    for group, n in zip(built.groups, built.source_index, strict=True):
+        logps = {tuple(c.token_ids): c.logprob for c in rollouts[n].candidates}
+        group.ref_logps = [logps[tuple(ids)] for ids in group.candidate_ids]
+    return built.groups

@@ -28,6 +28,7 @@ from apo_pipeline.engine.synchronizer import make_synchronizer
 from apo_pipeline.engine.weight_sync import WeightSync
 from apo_pipeline.engine.worker_group import wait_names_free
 from apo_pipeline.loops.evaluation import Evaluator
+from apo_pipeline.loops.pairs import Built, with_engine_logps
 from apo_pipeline.loops.stop import RunStopped
 from apo_pipeline.loops.resume import ResumePoint, restore_latest, save_round
 from apo_pipeline.loops.schedule import epoch_steps, step_batches
@@ -101,6 +102,7 @@ class Pipeline:
             str(self.model_dir), cfg.model, cl, self.placement, sync=cfg.sync,
             max_prompt_tokens=cfg.data.max_prompt_tokens, overlong=cfg.data.overlong, seed=cfg.seed,
             max_restarts=cfg.fault.actor_restarts,
+            logprobs_mode="raw_logprobs" if cfg.algorithm.reference_from_engines else "processed_logprobs",
         )
         self.pool.restart_hook = self._resync_engines
         self.judge = JudgePool(cfg.judge, cl, self.placement, model_path=judge_dir, seed=cfg.seed,
@@ -138,37 +140,43 @@ class Pipeline:
         ln = self.cfg.learner
         return ln.micro_batch_size * ln.grad_accum * self.cfg.cluster.learner_ranks
 
-    def generate(self, prompts: list[Any], index: int, gen: GenerationConfig | None = None) -> list[Rollout]:
-        """K candidates per prompt from the current policy (seeded by run seed and round)."""
+    def generate(self, prompts: list[Any], index: int, gen: GenerationConfig | None = None,
+                 chunk: int | None = None, first: int = 0) -> list[Rollout]:
+        """K candidates per prompt from the current policy (seeded by run seed and round); a streamed
+        round's `chunk` starts at prompt `first` of the round (the same candidates as unchunked)."""
         gen = gen or self.cfg.generation
         self.round = index
-        with self.timer.stage("generate", **{self.unit: index}) as st:
-            rollouts = self.pool.sample(prompts, gen, seed=derive_seed(self.cfg.seed, "generate", index))
+        with self.timer.stage("generate", **where(self.unit, index, chunk)) as st:
+            rollouts = self.pool.sample(prompts, gen, seed=derive_seed(self.cfg.seed, "generate", index), first=first)
             last = self.pool.metrics()["last"]
             st["tokens"] = last["tokens"]
         if last["skipped"] or last["truncated"]:
             self.metrics.log("data", **{self.unit: index}, overlong_skipped=last["skipped"], overlong_truncated=last["truncated"])
         return rollouts
 
-    def rank(self, rollouts: list[Rollout], index: int) -> list[PromptRanking]:
-        """Iterative pairwise ranking (K-1 rounds) of every prompt's candidates by the judge."""
-        with self.timer.stage("judge", **{self.unit: index}):
+    def rank(self, rollouts: list[Rollout], index: int, chunk: int | None = None) -> list[PromptRanking]:
+        """Iterative pairwise ranking (K-1 rounds) of every prompt's candidates by the judge (a
+        streamed round's `chunk`: the round's loop checks that not every prompt was dropped)."""
+        with self.timer.stage("judge", **where(self.unit, index, chunk)):
             result = self.judge.rank(
                 [r.judge_prompt for r in rollouts], [[c.text for c in r.candidates] for r in rollouts],
                 derive_seed(self.cfg.seed, "rank-ties", index))
         t = result.totals
         counts = self._log_judge(index, comparisons=t["comparisons"], asked=t["asked"], ties=t["ties"], failed=t["failures"],
-                                 partial=t["partial_failures"], judge_calls=result.judge_calls)
-        self._stop_if_all_dropped(index, [p.winner for p in result.prompts], counts)
+                                 partial=t["partial_failures"], judge_calls=result.judge_calls, **where(None, 0, chunk))
+        if chunk is None:
+            self._stop_if_all_dropped(index, [p.winner for p in result.prompts], counts)
         return result.prompts
 
-    def win_rates(self, rollouts: list[Rollout], index: int) -> list[WinRates]:
-        """Full K x K win-rate matrices (SPPO)."""
-        with self.timer.stage("judge", **{self.unit: index}):
+    def win_rates(self, rollouts: list[Rollout], index: int, chunk: int | None = None) -> list[WinRates]:
+        """Full K x K win-rate matrices (SPPO); `chunk` as in `rank`."""
+        with self.timer.stage("judge", **where(self.unit, index, chunk)):
             rates = self.judge.win_rates(
                 [r.judge_prompt for r in rollouts], [[c.text for c in r.candidates] for r in rollouts])
-        counts = self._log_judge(index, failed=sum(w.failures for w in rates), partial=sum(w.partial_failures for w in rates))
-        self._stop_if_all_dropped(index, [w.chosen for w in rates], counts)
+        counts = self._log_judge(index, failed=sum(w.failures for w in rates), partial=sum(w.partial_failures for w in rates),
+                                 **where(None, 0, chunk))
+        if chunk is None:
+            self._stop_if_all_dropped(index, [w.chosen for w in rates], counts)
         return rates
 
     def _stop_if_all_dropped(self, index: int, winners: list[int | None], counts: dict[str, Any]) -> None:
@@ -198,9 +206,26 @@ class Pipeline:
     def reference_logps(self, groups: list[TrainGroup], index: int, kept: bool = False) -> list[TrainGroup]:
         """Store log pi_ref of every candidate with the data: pi_ref = the current policy (the round's
         start), or with `kept` the weights of `keep_reference` (swapped in, never moved weights)."""
-        with self.timer.stage("ref_logprobs", **{self.unit: index}) as st:
-            for group, logps in zip(groups, self.learner.compute_logps(groups, REFERENCE if kept else None)):
+        return self._reference_pass(groups, index, REFERENCE if kept else None)
+
+    def _reference_pass(self, groups: list[TrainGroup], index: int, weights: str | None,
+                        chunk: int | None = None) -> list[TrainGroup]:
+        """A learner pass storing log pi of every candidate under the kept `weights` (None: current)."""
+        with self.timer.stage("ref_logprobs", **where(self.unit, index, chunk)) as st:
+            for group, logps in zip(groups, self.learner.compute_logps(groups, weights)):
                 group.ref_logps = list(logps)
+            st["pairs"] = len(groups)
+        return groups
+
+    def reference_of(self, built: Built, rollouts: list[Rollout], index: int, weights: str | None = None,
+                     chunk: int | None = None) -> list[TrainGroup]:
+        """log pi_ref of every candidate of `built`: with `algorithm.reference_from_engines` the raw
+        log-probs the engines returned while sampling (they hold the round-start weights), else a
+        learner pass under the kept `weights` (None: the current weights, the round's start)."""
+        if not self.cfg.algorithm.reference_from_engines:
+            return self._reference_pass(built.groups, index, weights, chunk)
+        with self.timer.stage("ref_logprobs", **where(self.unit, index, chunk), source="engines") as st:
+            groups = with_engine_logps(built, rollouts)
             st["pairs"] = len(groups)
         return groups
 
@@ -209,19 +234,24 @@ class Pipeline:
         (`step`: the next global step); checkpoints every `checkpoint.every_steps` steps inside the
         round. Returns the next global step."""
         batches = step_batches(len(groups), self.batch_size, steps, seed=derive_seed(self.cfg.seed, "batches", index))
-        first, every = step - done_steps, self.cfg.checkpoint.every_steps
+        first = step - done_steps
         self.synchronizer.before_train()  # colocated engines sleep (GPU: vLLM frees their memory for the learner)
-        with self.timer.stage("train", **{self.unit: index}) as st:
-            todo = range(done_steps, steps)
-            for n in self.timer.progress(todo, desc=f"train {self.unit} {index}", total=len(todo)):
-                metrics = self.learner.train_step([groups[i] for i in batches[n]])
-                fields = train_fields(metrics)
-                self.metrics.log("train", step=first + n, **{self.unit: index}, **fields)
-                if every and (n + 1) % every == 0 and n + 1 < steps:
-                    self.checkpoint(index - 1, first + n + 1, round_steps=n + 1)
-            st["pairs"] = sum(len(batches[n]) for n in todo)
+        self.train_steps(groups, batches, index, first, range(done_steps, steps), steps)
         self.synchronizer.after_train()
         return first + steps
+
+    def train_steps(self, groups: list[TrainGroup], batches: list[list[int]], index: int, first: int, todo: range,
+                    steps: int, chunk: int | None = None, checkpoints: bool = True) -> None:
+        """Steps `todo` of round `index` (`steps` in all; global step = `first` + n) on `batches`,
+        checkpointing every `checkpoint.every_steps` steps inside the round when `checkpoints`."""
+        every = self.cfg.checkpoint.every_steps
+        with self.timer.stage("train", **where(self.unit, index, chunk)) as st:
+            for n in self.timer.progress(todo, desc=f"train {self.unit} {index}", total=len(todo)):
+                metrics = self.learner.train_step([groups[i] for i in batches[n]])
+                self.metrics.log("train", step=first + n, **{self.unit: index}, **train_fields(metrics))
+                if checkpoints and every and (n + 1) % every == 0 and n + 1 < steps:
+                    self.checkpoint(index - 1, first + n + 1, round_steps=n + 1)
+            st["pairs"] = sum(len(batches[n]) for n in todo)
 
     def sync(self, index: int) -> None:
         """Push the learner's full weights into every generation engine."""
@@ -354,6 +384,11 @@ def judgements_from_win_rates(rollouts: list[Rollout], rates: list[WinRates]) ->
         failures = [f"{wr.failures} pair(s) not scored"] if wr.failures else []
         out.append(Judgement(ro.prompt_index, wr.chosen, [], matrix, failures))
     return out
+
+
+def where(unit: str | None, index: int, chunk: int | None) -> dict[str, int]:
+    """An event's position fields: {unit: index} (no unit: none), plus `chunk` in a streamed round."""
+    return {**({unit: index} if unit else {}), **({"chunk": chunk} if chunk is not None else {})}
 
 
 def _nan(p: float | None) -> float:

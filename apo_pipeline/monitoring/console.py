@@ -196,14 +196,17 @@ class Console:
 
     def stage_started(self, stage: str, fields: dict[str, Any]) -> None:
         where = self.where(fields)
-        self.begin(f"[{where}] {stage}" if where else stage, stage)
+        label = f"[{where}] {stage}" if where else stage
+        self.begin(label + (f" chunk {fields['chunk'] + 1}" if "chunk" in fields else ""), stage)
 
     def stage_ended(self, record: dict[str, Any]) -> None:
         """Close the current stage's line with what it did (a plain line off a TTY)."""
         with self._lock:
             if not self._stack:
                 return
-            live = self._stack.pop()
+            # a streamed round's stages overlap: close the newest line of this stage, not the newest line
+            mine = [i for i, entry in enumerate(self._stack) if entry.stage == record["stage"]]
+            live = self._stack.pop(mine[-1] if mine else -1)
             self._last_seconds[record["stage"]] = record["seconds"]
             text = f"{live.label}  {stage_result(record)}"
             if self.tty:

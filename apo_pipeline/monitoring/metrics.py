@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -67,15 +68,17 @@ class MetricsLogger:
             *trackers,
         ]
         self._file: IO[str] | None = self.path.open("a", encoding="utf-8")
+        self._lock = threading.Lock()  # a streamed round logs from its stage threads
 
     def log(self, event: str, **fields: Any) -> dict[str, Any]:
         """Write one event line (flushed) and mirror its numeric fields; returns the record written."""
         if self._file is None:
             raise RuntimeError(f"MetricsLogger for {self.path} is closed")
-        record = {"event": event, "time": time.time(), **{k: _jsonable(v) for k, v in fields.items()}}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
-        self.lines += 1
+        with self._lock:
+            record = {"event": event, "time": time.time(), **{k: _jsonable(v) for k, v in fields.items()}}
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+            self.lines += 1
         numeric = {k: v for k, v in record.items() if k not in ("event", "time") and _is_number(v)}
         for tracker in self.trackers:
             tracker.log(event, record, numeric)

@@ -45,6 +45,25 @@ def test_our_segment_runs_from_generation_start_to_sync_end(tmp_path):
     assert segments[0]["stages"] == {"generate": 1.0, "judge": 0.1, "ref_logprobs": 0.5, "train": 4.0, "sync": 0.2}
 
 
+def test_a_streamed_segment_sums_its_chunks_stages_over_its_wall_time(tmp_path):
+    """Chunks overlap: the segment runs from the first generation's start to the sync's end, each
+    stage's seconds are summed over the chunks, so the overlap (stage sum / wall) exceeds 1."""
+    logger = MetricsLogger(tmp_path, ray_metrics=False)
+    for s in range(1, WORKLOAD.segments + 1):
+        base = 100.0 * s
+        for chunk in range(2):  # generate chunk 1 runs while chunk 0 is judged and trained on
+            logger.log("stage", stage="generate", seconds=1.0, segment=s, chunk=chunk, time=base + 1 + chunk)
+            logger.log("stage", stage="judge", seconds=1.0, segment=s, chunk=chunk, time=base + 2 + chunk)
+            logger.log("stage", stage="ref_logprobs", seconds=0.5, segment=s, chunk=chunk, time=base + 2.5 + chunk)
+            logger.log("stage", stage="train", seconds=0.5, segment=s, chunk=chunk, time=base + 3 + chunk)
+        logger.log("stage", stage="sync", seconds=1.0, segment=s, time=base + 5)
+    logger.close()
+    segments = e2e.ours_segments(tmp_path)
+    assert all(seg["seconds"] == pytest.approx(5.0) for seg in segments)
+    assert segments[0]["stages"] == {"generate": 2.0, "judge": 2.0, "ref_logprobs": 1.0, "train": 1.0, "sync": 1.0}
+    assert e2e.summary(segments)["overlap"]["ratio"] == pytest.approx(7.0 / 5.0)
+
+
 def test_trl_windows_split_the_steps_and_their_generation_time():
     n = WORKLOAD.steps_per_segment
     ends = [10.0 + step for step in range(1, WORKLOAD.segments * n + 1)]  # a step a second

@@ -102,6 +102,16 @@ def test_reference_defaults_initial_for_onmcpo_and_pi_t_for_apo():
         APOConfig, ["algorithm.reference=initial"])
 
 
+def test_reference_from_engines_needs_the_round_start_reference():
+    from apo_pipeline.config import MCPOConfig
+
+    on = ["algorithm.reference_from_engines=true"]
+    assert load_config(OnMCPOConfig, None, [*on, "algorithm.reference=round"]).algorithm.reference_from_engines
+    assert load_config(APOConfig, None, on).algorithm.reference_from_engines  # APO's reference is pi_t
+    assert "config error: algorithm.reference_from_engines: needs algorithm.reference: round" in error_of(OnMCPOConfig, on)
+    assert "config error: algorithm.reference_from_engines: offline MC-PO" in error_of(MCPOConfig, on)
+
+
 def test_onmcpo_total_steps_default_to_one_pass_and_keep_the_override():
     assert OnMCPOConfig().loop.total_steps is None  # the pipeline computes prompts / effective batch
     assert load_config(OnMCPOConfig, None, ["loop.total_steps=9"]).loop.total_steps == 9

@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from apo_pipeline.loops.pairs import candidate_groups, sppo_pairs, winner_vs_random
+from apo_pipeline.loops.pairs import candidate_groups, sppo_pairs, winner_vs_random, with_engine_logps
 from apo_pipeline.loops.schedule import epoch_steps, split_segments, step_batches, steps_per_part
 from apo_pipeline.ranking import PromptRanking, WinRates
 from apo_pipeline.rollout import Candidate, Rollout
@@ -56,6 +56,17 @@ def test_winner_vs_random_never_pairs_the_winner_with_itself():
     built = winner_vs_random(rollouts, [PromptRanking(winner=1)] * 50, seed=0)
     assert all(g.candidate_ids[0] == [11, 1] and g.candidate_ids[1] != [11, 1] for g in built.groups)
     assert len({tuple(g.candidate_ids[1]) for g in built.groups}) == 3
+
+
+def test_engine_logps_follow_each_groups_candidates():
+    """Pairs (winner vs a drawn loser) get the sampling log-probs of exactly their two candidates."""
+    rollouts = [rollout(4) for _ in range(20)] + [rollout(3)]
+    rankings = [PromptRanking(winner=w % 4) for w in range(20)] + [PromptRanking(winner=None)]
+    built = winner_vs_random(rollouts, rankings, seed=1)
+    groups = with_engine_logps(built, rollouts)
+    assert len(groups) == 20 and all(g.ref_logps == [-(c[0] - 10.0) for c in g.candidate_ids] for g in groups)
+    every = with_engine_logps(candidate_groups(rollouts[:2], rankings[:2]), rollouts[:2])
+    assert [g.ref_logps for g in every] == [[0.0, -1.0, -2.0, -3.0]] * 2
 
 
 def test_sppo_pairs_carry_win_probabilities():
