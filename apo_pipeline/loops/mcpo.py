@@ -49,7 +49,7 @@ def file_dataset(pipe: Pipeline, cfg: MCPOConfig) -> list[TrainGroup]:
                                         columns=loop.dataset_columns, drop_ranks=tuple(loop.nectar_drop_ranks))
     if skipped:
         pipe.metrics.log("data", source="loop.dataset", skipped=skipped)
-    return tokenize_rows(rows, AutoTokenizer.from_pretrained(pipe.model_dir))
+    return tokenize_rows(rows, AutoTokenizer.from_pretrained(pipe.model_dir), chat=cfg.data.chat)
 
 
 def run(cfg: MCPOConfig, run_dir: Path) -> Path:

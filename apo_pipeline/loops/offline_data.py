@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerBase
 from apo_pipeline.engine.generation import encode_prompt
 from apo_pipeline.loops.dataset_formats import FORMATS, CandidateRow, Options, column_names
 from apo_pipeline.rollout import TrainGroup
+from apo_pipeline.task.prompts import as_user_turn
 
 SPLIT = "train"  # the split read from a saved DatasetDict
 __all__ = ["CandidateRow", "read_candidate_rows", "tokenize_rows"]
@@ -87,12 +88,14 @@ def read_candidate_rows(
     return rows, skipped
 
 
-def tokenize_rows(rows: list[CandidateRow], tokenizer: PreTrainedTokenizerBase) -> list[TrainGroup]:
-    """TrainGroups (prompt ids, K candidate ids ending in EOS, preferred index)."""
+def tokenize_rows(rows: list[CandidateRow], tokenizer: PreTrainedTokenizerBase, chat: bool = False) -> list[TrainGroup]:
+    """TrainGroups (prompt ids, K candidate ids ending in EOS, preferred index). With `chat`
+    (data.chat) a plain-text prompt becomes a user turn of the chat template, as online prompts do."""
     eos = tokenizer.eos_token_id
     groups = []
     for row in rows:
-        _, prompt_ids = encode_prompt(tokenizer, row.prompt)
+        prompt = as_user_turn(row.prompt) if chat and isinstance(row.prompt, str) else row.prompt
+        _, prompt_ids = encode_prompt(tokenizer, prompt)
         cands = [tokenizer(c, add_special_tokens=False)["input_ids"] + [eos] for c in row.candidates]
         groups.append(TrainGroup(prompt_ids, cands, row.preferred))
     return groups

@@ -244,6 +244,9 @@ def test_conversational_prompts_go_through_the_chat_template():
     text = tok.apply_chat_template(row.prompt, add_generation_prompt=True, tokenize=False)
     assert group.prompt_ids == tok(text, add_special_tokens=False)["input_ids"]
     assert text.endswith("<|im_start|>assistant\n") and tok.decode(group.candidate_ids[0][:-1]) == "21"
+    plain = CandidateRow("reverse 12", ["21", "12"], 0)  # data.chat: a plain prompt as a user turn
+    assert tokenize_rows([plain], tok, chat=True)[0].prompt_ids == group.prompt_ids
+    assert tokenize_rows([plain], tok)[0].prompt_ids == tok("reverse 12")["input_ids"]
 
 
 def test_mcpo_config_checks_the_column_mapping():
