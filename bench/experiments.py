@@ -4,7 +4,8 @@
 
 Each run is `python jobs/<job>.py --run-dir <out>/<experiment>/<variant>/seed<k> ...` (its output in
 `job.log` there), one after the other. Runs whose `final/` exists are skipped, so re-running
-continues a batch; an unfinished run directory is continued from its checkpoint only with
+continues a batch; a run identical to an earlier one of the batch (same job and arguments) is a
+symlink to it; an unfinished run directory is continued from its checkpoint only with
 `--resume`. Afterwards `<out>/results.json` and `<out>/results.md` hold, per variant (and eval
 policy) and iteration, the mean and sample std over seeds of the eval metrics, the MC kernel's
 entropy per round, and the experiment's paired comparisons (same seeds in both arms: the mean
@@ -63,6 +64,27 @@ def plan(names: Sequence[str], seeds: Sequence[int], out: Path) -> list[Run]:
     """Every run of the named experiments, seed by seed inside each variant."""
     return [Run(EXPERIMENTS[n], v, s, out / n / v.name / f"seed{s}")
             for n in names for v in EXPERIMENTS[n].variants for s in seeds]
+
+
+def same_runs(runs: Sequence[Run]) -> dict[Path, Path]:
+    """{run directory: the directory of an earlier run whose job resolves to the same config}: such a
+    run (e.g. OnMC-PO's default arm, which three experiments share) is run once and linked."""
+    first: dict[str, Path] = {}
+    same = {}
+    for run in runs:
+        key = json.dumps(resolved(run).model_dump(mode="json"), sort_keys=True)
+        if key in first:
+            same[run.directory] = first[key]
+        else:
+            first[key] = run.directory
+    return same
+
+
+def link(directory: Path, target: Path) -> str:
+    """Make `directory` a relative symlink to the finished run `target`."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    directory.symlink_to(os.path.relpath(target, directory.parent), target_is_directory=True)
+    return f"same as {target}"
 
 
 # Aggregation: pure functions of {run directory: metric events}.
@@ -258,14 +280,20 @@ def markdown(summary: Mapping[str, Any], env: Mapping[str, Any]) -> str:
 # Running.
 
 
-def validate(runs: Sequence[Run]) -> None:
-    """Resolve every run's config as its job will (no Ray); a ConfigError names the run and key."""
-    from apo_pipeline.config import ConfigError
+def resolved(run: Run) -> Any:
+    """The run's config as its job resolves it (no Ray); raises ConfigError naming the key."""
     from apo_pipeline.launch import parse_args, resolve_config
+
+    return resolve_config(run.variant.job, parse_args(run.variant.job, run.command[2:]))
+
+
+def validate(runs: Sequence[Run]) -> None:
+    """Resolve every run's config as its job will; a ConfigError names the run and key."""
+    from apo_pipeline.config import ConfigError
 
     for run in runs:
         try:
-            resolve_config(run.variant.job, parse_args(run.variant.job, run.command[2:]))
+            resolved(run)
         except ConfigError as exc:
             raise SystemExit(f"{run.directory}: {exc}") from None
 
@@ -365,9 +393,11 @@ def main(argv: list[str] | None = None) -> int:
     shown = [n for n in EXPERIMENTS if n in args.only or (out / n).is_dir()]  # keep earlier batches' results
     every = plan(shown, args.seeds, out)
     status = {str(r.directory): {"status": "finished earlier" if r.finished else "not run"} for r in every}
+    same = same_runs(runs)
     for n, r in enumerate(todo, start=1):
         start = time.perf_counter()
-        result = execute(r)
+        original = same.get(r.directory)
+        result = link(r.directory, original) if original and (original / "final").is_dir() else execute(r)
         status[str(r.directory)] = {"status": result, "seconds": round(time.perf_counter() - start, 1)}
         print(f"[{n}/{len(todo)}] {r.directory.relative_to(out)}: {result} "
               f"({status[str(r.directory)]['seconds']:.0f} s)", flush=True)
@@ -381,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(markdown(summary, env))
     print(f"{out / 'results.md'}\n{out / 'results.json'}")
-    return 0 if all(status[str(r.directory)]["status"] in ("ok", "finished earlier") for r in runs) else 1
+    return 0 if all(status[str(r.directory)]["status"].startswith(("ok", "finished earlier", "same as")) for r in runs) else 1
 
 
 if __name__ == "__main__":

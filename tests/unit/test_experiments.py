@@ -165,3 +165,18 @@ def test_dry_run_plans_five_seeds_by_default_and_validates_every_config(tmp_path
     out = capsys.readouterr().out
     assert "# 35 of 35 runs to do" in out  # (3 + 4 variants) x seeds 0..4
     assert "algorithm.reference=round" in out and "algorithm.cdpo_shape=phases" in out and "seed=4" in out
+
+
+def test_runs_with_the_same_resolved_config_are_run_once_and_linked(tmp_path):
+    """OnMC-PO's default arm (MC negatives, M = 1, dpo, pi_ref initial) appears in three experiments
+    (`algorithm.reference=initial` spelled out resolves to the same config), offline MC-PO's in two."""
+    runs = experiments.plan(list(specs.EXPERIMENTS), [0], tmp_path)
+    same = experiments.same_runs(runs)
+    online = tmp_path / "online_vs_offline" / "online_mc" / "seed0"
+    assert same == {tmp_path / "reference" / "initial" / "seed0": online, tmp_path / "spo_cdpo" / "dpo" / "seed0": online,
+                    tmp_path / "online_vs_offline" / "offline_mc" / "seed0": tmp_path / "mc_samplers" / "mc_m1" / "seed0"}
+    (online / "final").mkdir(parents=True)
+    (online / "metrics.jsonl").write_text("{}\n")
+    copy = tmp_path / "reference" / "initial" / "seed0"
+    assert experiments.link(copy, online) == f"same as {online}"
+    assert copy.is_symlink() and (copy / "metrics.jsonl").read_text() == "{}\n"
