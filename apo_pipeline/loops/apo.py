@@ -18,13 +18,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from apo_pipeline.config import APOConfig
 from apo_pipeline.engine.learner_worker import THETAHAT
-from apo_pipeline.loops.pairs import Judged, sppo_pairs, winner_vs_random
-from apo_pipeline.loops.pipeline import Pipeline, judgements_from_rankings, judgements_from_win_rates
+from apo_pipeline.loops.pairs import Judged, judgements_from_rankings, judgements_from_win_rates, sppo_pairs, winner_vs_random
+from apo_pipeline.loops.pipeline import Pipeline
+from apo_pipeline.loops.resume import pending_rounds
 from apo_pipeline.loops.schedule import epoch_steps, split_segments
 from apo_pipeline.loops.streaming import streamed_round
 from apo_pipeline.rollout import Rollout, TrainGroup
@@ -47,9 +49,9 @@ def iteration_data(pipe: Pipeline, cfg: APOConfig, prompts: list[Any], t: int) -
     """Sample from pi_t, judge, build the pairs and store log pi_t with them; tables written."""
     rollouts = pipe.generate(prompts, t)
     verdicts = judged(pipe, cfg, rollouts, t)
-    pipe.metrics.log("data", iteration=t, prompts=len(rollouts), dropped_by_judge=verdicts.built.dropped)
+    pipe.rounds.event("data", t, prompts=len(rollouts), dropped_by_judge=verdicts.built.dropped)
     groups = pipe.reference_of(verdicts.built, rollouts, t)
-    pipe.save_tables(t, rollouts, verdicts.judgements, groups)
+    pipe.store.save_tables(t, rollouts, verdicts.judgements, groups)
     return groups
 
 
@@ -68,22 +70,18 @@ def evaluate_both(pipe: Pipeline, t: int, alpha: float, evaluate: bool) -> None:
             pipe.metrics.log("eval", **{**fields, "policy": HAT, "same_as": EXTRAPOLATED})
 
 
-def run(cfg: APOConfig, run_dir: Path) -> Path:
-    """Run iterative APO; returns pihat_{T+1}'s HF directory (`<run_dir>/final`)."""
+def run(cfg: APOConfig, run_dir: Path, build: Callable[..., Pipeline] = Pipeline) -> Path:
+    """Run iterative APO with the actors `build` makes (a `Pipeline`); returns pihat_{T+1}'s HF
+    directory (`<run_dir>/final`)."""
     T, alpha = cfg.loop.iterations, cfg.loop.alpha
-    pipe = Pipeline(cfg, run_dir, unit="iteration", total_steps=1)
-    try:
+    with build(cfg, run_dir, unit="iteration", total_steps=1) as pipe:  # new_iteration sets each schedule
         at = pipe.resume()
         if at.fresh:
             start = pipe.evaluate(0, HAT)  # theta_1 = pihat_1: one evaluation, both names
             pipe.metrics.log("eval", **{**start, "policy": EXTRAPOLATED, "same_as": HAT})
             pipe.learner.snapshot_weights()
-        chunks = split_segments(pipe.prompts.train, T)
         step = at.step
-        for t, prompts in enumerate(chunks, start=1):
-            if t <= at.done:
-                continue
-            done_steps = at.steps_done_in(t)
+        for t, prompts, done_steps in pending_rounds(split_segments(pipe.prompts.train, T), at):
             if cfg.loop.stream:
                 steps = epoch_steps(len(prompts), pipe.batch_size, cfg.loop.epochs)
                 if not done_steps:  # a mid-iteration checkpoint restored the optimizer and schedule
@@ -91,9 +89,7 @@ def run(cfg: APOConfig, run_dir: Path) -> Path:
                 step = streamed_round(pipe, prompts, t, steps, step, done_steps,
                                       lambda rollouts, j, t=t: judged(pipe, cfg, rollouts, t, j), None)
             else:
-                groups = pipe.stored_pairs(t)
-                if groups is None:
-                    groups = iteration_data(pipe, cfg, prompts, t)
+                groups = pipe.store.pairs(t, lambda: iteration_data(pipe, cfg, prompts, t))
                 steps = epoch_steps(len(groups), pipe.batch_size, cfg.loop.epochs)
                 if not done_steps:
                     pipe.learner.new_iteration(steps)
@@ -101,5 +97,3 @@ def run(cfg: APOConfig, run_dir: Path) -> Path:
             evaluate_both(pipe, t, alpha, pipe.should_evaluate(t, T))
             pipe.checkpoint(t, step)
         return pipe.export_final(THETAHAT)
-    finally:
-        pipe.shutdown()

@@ -10,24 +10,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from transformers import AutoTokenizer
 
 from apo_pipeline.config import MCPOConfig
 from apo_pipeline.loops.offline_data import read_candidate_rows, tokenize_rows
-from apo_pipeline.loops.pairs import candidate_groups
-from apo_pipeline.loops.pipeline import Pipeline, judgements_from_rankings
+from apo_pipeline.loops.pairs import candidate_groups, judgements_from_rankings
+from apo_pipeline.loops.pipeline import Pipeline
+from apo_pipeline.loops.resume import pending_rounds
 from apo_pipeline.loops.schedule import epoch_steps
 from apo_pipeline.rollout import TrainGroup
-from apo_pipeline.storage import write_judgements, write_pairs, write_rollouts
 from apo_pipeline.task import load_prompts
 from apo_pipeline.task.prompts import as_user_turn
 
 
 def builtin_dataset(pipe: Pipeline, cfg: MCPOConfig) -> list[TrainGroup]:
     """Sample K candidates per prompt of data.prompts (at most loop.builtin_prompts) from the
-    starting policy and rank them (index 0)."""
+    starting policy and rank them (index 0; rollouts and judgements tables written)."""
     d = cfg.data
     limit = cfg.loop.builtin_prompts
     prompts = load_prompts(d.prompts, split="train", limit=limit, on_error=d.on_error, seed=cfg.seed).prompts
@@ -36,9 +37,8 @@ def builtin_dataset(pipe: Pipeline, cfg: MCPOConfig) -> list[TrainGroup]:
     rollouts = pipe.generate(prompts, 0)
     rankings = pipe.rank(rollouts, 0)
     built = candidate_groups(rollouts, rankings)
-    write_rollouts(pipe.run_dir.table_path("rollouts", 0, pipe.unit), rollouts)
-    write_judgements(pipe.run_dir.table_path("judgements", 0, pipe.unit), judgements_from_rankings(rollouts, rankings))
-    pipe.metrics.log("data", iteration=0, prompts=len(rollouts), dropped_by_judge=built.dropped)
+    pipe.store.save_verdicts(0, rollouts, judgements_from_rankings(rollouts, rankings))
+    pipe.rounds.event("data", 0, prompts=len(rollouts), dropped_by_judge=built.dropped)
     return built.groups
 
 
@@ -52,28 +52,31 @@ def file_dataset(pipe: Pipeline, cfg: MCPOConfig) -> list[TrainGroup]:
     return tokenize_rows(rows, AutoTokenizer.from_pretrained(pipe.model_dir), chat=cfg.data.chat)
 
 
-def run(cfg: MCPOConfig, run_dir: Path) -> Path:
-    """Run offline MC-PO; returns the final policy's HF directory (`<run_dir>/final`)."""
-    pipe = Pipeline(cfg, run_dir, unit="iteration", total_steps=1)
-    try:
+def dataset(pipe: Pipeline, cfg: MCPOConfig) -> list[TrainGroup]:
+    """The K-candidate groups with log pi_ref (the starting policy) of every candidate; pairs table written."""
+    raw = builtin_dataset(pipe, cfg) if cfg.loop.dataset == "builtin" else file_dataset(pipe, cfg)
+    groups = pipe.reference_logps(raw, 0)
+    pipe.store.save_pairs(0, groups)
+    return groups
+
+
+def run(cfg: MCPOConfig, run_dir: Path, build: Callable[..., Pipeline] = Pipeline) -> Path:
+    """Run offline MC-PO with the actors `build` makes (a `Pipeline`); returns the final policy's HF
+    directory (`<run_dir>/final`). Rounds are epochs; the LR schedule spans all of them."""
+    epochs = cfg.loop.epochs
+    with build(cfg, run_dir, unit="iteration", total_steps=1) as pipe:  # set below, once the data is known
         at = pipe.resume()
         if at.fresh:
             pipe.evaluate(0)
-        groups = pipe.stored_pairs(0)
-        if groups is None:
-            raw = builtin_dataset(pipe, cfg) if cfg.loop.dataset == "builtin" else file_dataset(pipe, cfg)
-            groups = pipe.reference_logps(raw, 0)
-            write_pairs(pipe.run_dir.table_path("pairs", 0, pipe.unit), groups)
+        groups = pipe.store.pairs(0, lambda: dataset(pipe, cfg))
         steps = epoch_steps(len(groups), pipe.batch_size, 1)
         if at.fresh:
-            pipe.learner.new_iteration(steps * cfg.loop.epochs, reset_optimizer=False)
+            pipe.learner.new_iteration(steps * epochs, reset_optimizer=False)
         step = at.step
-        for epoch in range(at.done + 1, cfg.loop.epochs + 1):
-            step = pipe.train(groups, steps, epoch, step, done_steps=at.steps_done_in(epoch))
+        for epoch, _, done_steps in pending_rounds([groups] * epochs, at):
+            step = pipe.train(groups, steps, epoch, step, done_steps)
             pipe.sync(epoch)
-            if pipe.should_evaluate(epoch, cfg.loop.epochs):
+            if pipe.should_evaluate(epoch, epochs):
                 pipe.evaluate(epoch)
             pipe.checkpoint(epoch, step)
         return pipe.export_final()
-    finally:
-        pipe.shutdown()

@@ -16,12 +16,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from apo_pipeline.config import OnMCPOConfig
-from apo_pipeline.loops.pairs import Judged, candidate_groups
-from apo_pipeline.loops.pipeline import REFERENCE, Pipeline, judgements_from_rankings
+from apo_pipeline.loops.pairs import Judged, candidate_groups, judgements_from_rankings
+from apo_pipeline.loops.pipeline import REFERENCE, Pipeline
+from apo_pipeline.loops.resume import pending_rounds
 from apo_pipeline.loops.schedule import split_segments, steps_per_part
 from apo_pipeline.loops.streaming import streamed_round
 from apo_pipeline.rollout import Rollout, TrainGroup
@@ -38,16 +40,16 @@ def segment_data(pipe: Pipeline, prompts: list[Any], s: int, reference: str | No
     `reference`, None: the segment's start policy); tables written."""
     rollouts = pipe.generate(prompts, s)
     verdicts = judged(pipe, rollouts, s)
-    pipe.metrics.log("data", segment=s, prompts=len(rollouts), dropped_by_judge=verdicts.built.dropped)
+    pipe.rounds.event("data", s, prompts=len(rollouts), dropped_by_judge=verdicts.built.dropped)
     groups = pipe.reference_of(verdicts.built, rollouts, s, reference)
-    pipe.save_tables(s, rollouts, verdicts.judgements, groups)
+    pipe.store.save_tables(s, rollouts, verdicts.judgements, groups)
     return groups
 
 
-def run(cfg: OnMCPOConfig, run_dir: Path) -> Path:
-    """Run OnMC-PO; returns the final policy's HF directory (`<run_dir>/final`)."""
-    pipe = Pipeline(cfg, run_dir, unit="segment", total_steps=cfg.loop.total_steps)
-    try:
+def run(cfg: OnMCPOConfig, run_dir: Path, build: Callable[..., Pipeline] = Pipeline) -> Path:
+    """Run OnMC-PO with the actors `build` makes (a `Pipeline`); returns the final policy's HF
+    directory (`<run_dir>/final`)."""
+    with build(cfg, run_dir, unit="segment", total_steps=cfg.loop.total_steps) as pipe:
         at = pipe.resume()
         initial = cfg.algorithm.reference == "initial"
         if at.fresh:
@@ -58,21 +60,15 @@ def run(cfg: OnMCPOConfig, run_dir: Path) -> Path:
         steps = steps_per_part(pipe.total_steps, cfg.loop.segments)
         reference = REFERENCE if initial else None
         step = at.step
-        for s, prompts in enumerate(segments, start=1):
-            if s <= at.done:
-                continue
+        for s, prompts, done_steps in pending_rounds(segments, at):
             if cfg.loop.stream:
-                step = streamed_round(pipe, prompts, s, steps[s - 1], step, at.steps_done_in(s),
+                step = streamed_round(pipe, prompts, s, steps[s - 1], step, done_steps,
                                       lambda rollouts, j, s=s: judged(pipe, rollouts, s, j), reference)
             else:
-                groups = pipe.stored_pairs(s)
-                if groups is None:
-                    groups = segment_data(pipe, prompts, s, reference)
-                step = pipe.train(groups, steps[s - 1], s, step, done_steps=at.steps_done_in(s))
+                groups = pipe.store.pairs(s, lambda: segment_data(pipe, prompts, s, reference))
+                step = pipe.train(groups, steps[s - 1], s, step, done_steps)
             pipe.sync(s)
             if pipe.should_evaluate(s, len(segments)):
                 pipe.evaluate(s)
             pipe.checkpoint(s, step)
         return pipe.export_final()
-    finally:
-        pipe.shutdown()

@@ -3,6 +3,7 @@
 - OnMC-PO / MC-PO: every candidate stays in the group; the MC kernel picks negatives at train time.
 - Iterative DPO / IPO (APO): the winner against one uniformly drawn other candidate.
 - SPPO: argmax vs argmin of the SPPO scores, with their estimated win probabilities.
+And the judge's verdicts as storage records (`judgements_from_rankings` / `_from_win_rates`).
 Prompts whose ranking failed are dropped and counted, never given a default winner.
 """
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 from apo_pipeline.ranking import PromptRanking, WinRates
 from apo_pipeline.rollout import Rollout, TrainGroup
-from apo_pipeline.storage import Judgement
+from apo_pipeline.storage import Comparison, Judgement
 
 
 @dataclass
@@ -82,3 +83,27 @@ def with_engine_logps(built: Built, rollouts: list[Rollout]) -> list[TrainGroup]
         logps = {tuple(c.token_ids): c.logprob for c in rollouts[n].candidates}
         group.ref_logps = [logps[tuple(ids)] for ids in group.candidate_ids]
     return built.groups
+
+
+def judgements_from_rankings(rollouts: list[Rollout], rankings: list[PromptRanking]) -> list[Judgement]:
+    """Storage records of the ranking log (failed comparisons as NaN, failed prompts winner None)."""
+    out = []
+    for ro, rk in zip(rollouts, rankings, strict=True):
+        comps = [Comparison(c.a, c.b, _nan(c.p), _nan(c.p_ab), _nan(c.p_ba)) for c in rk.comparisons]
+        failures = [f"round {c.round}: {c.a} vs {c.b} not scored" for c in rk.comparisons if c.p is None]
+        out.append(Judgement(ro.prompt_index, rk.winner, comps, None, failures))
+    return out
+
+
+def judgements_from_win_rates(rollouts: list[Rollout], rates: list[WinRates]) -> list[Judgement]:
+    """Storage records of SPPO's win-rate matrices (winner = argmax score, None if it failed)."""
+    out = []
+    for ro, wr in zip(rollouts, rates, strict=True):
+        matrix = [[float(x) for x in row] for row in wr.win]
+        failures = [f"{wr.failures} pair(s) not scored"] if wr.failures else []
+        out.append(Judgement(ro.prompt_index, wr.chosen, [], matrix, failures))
+    return out
+
+
+def _nan(p: float | None) -> float:
+    return float("nan") if p is None else p

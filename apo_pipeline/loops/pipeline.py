@@ -1,9 +1,11 @@
 """`Pipeline`: the actors of one run and the stage operations every loop is written in.
 
 It owns the placement groups, the generation pool (`gen-*`), the judge pool (`judge-*`), the learner
-group (`learner-*`) and the `weight-sync` actor, plus the run directory, metrics and stage timer.
-Each method is one stage of the papers' pseudo-code, timed and logged:
-`generate`, `rank` / `win_rates`, `reference_logps`, `train`, `sync`, `evaluate`, `checkpoint`.
+group (`learner-*`) and the `weight-sync` actor, plus the run directory, the round log (metrics and
+stage timer, `loops/round_log.py`), the round store (tables and checkpoints, `loops/round_store.py`)
+and the evaluator (`loops/evaluation.py`). Each method is one stage of the papers' pseudo-code,
+timed and logged: `generate`, `rank` / `win_rates`, `reference_logps`, `train`, `sync`, `evaluate`,
+`checkpoint`. Used as a context manager, leaving the block shuts every actor down.
 """
 
 from __future__ import annotations
@@ -29,16 +31,16 @@ from apo_pipeline.engine.weight_sync import WeightSync
 from apo_pipeline.engine.worker_group import wait_names_free
 from apo_pipeline.loops.evaluation import Evaluator
 from apo_pipeline.loops.pairs import Built, with_engine_logps
-from apo_pipeline.loops.stop import RunStopped
-from apo_pipeline.loops.resume import ResumePoint, restore_latest, save_round
+from apo_pipeline.loops.resume import ResumePoint
+from apo_pipeline.loops.round_log import RoundLog, where
+from apo_pipeline.loops.round_store import RoundStore
 from apo_pipeline.loops.schedule import epoch_steps, step_batches
+from apo_pipeline.loops.stop import RunStopped
 from apo_pipeline.monitoring import StageTimer, console, open_run_metrics
 from apo_pipeline.ranking import PromptRanking, WinRates
 from apo_pipeline.rollout import Rollout, TrainGroup
 from apo_pipeline.seeds import derive_seed
-from apo_pipeline.storage import (
-    Comparison, Judgement, RunDir, create_run_dir, read_pairs, write_judgements, write_pairs, write_rollouts,
-)
+from apo_pipeline.storage import RunDir, create_run_dir
 from apo_pipeline.task import load_prompts, load_reward_fn, resolve_model
 from apo_pipeline.task.prompts import as_user_turn
 
@@ -85,6 +87,8 @@ class Pipeline:
         self.metrics = open_run_metrics(self.run_dir.root, cfg, console=console.active())
         built.callback(self.metrics.close)
         self.timer = StageTimer(self.metrics, progress=cfg.monitoring.progress)
+        self.rounds = RoundLog(self.metrics, self.timer, self.unit)
+        self.store = RoundStore(self.run_dir, self.rounds, cfg.checkpoint)
         self.model_dir = resolve_model(cfg.model.path, seed=cfg.seed)
         llm_judge = cfg.judge.backend == "llm"
         judge_dir = str(resolve_model(cfg.judge.model, seed=cfg.seed, key="judge.model")) if llm_judge else None
@@ -112,9 +116,12 @@ class Pipeline:
         self.weight_sync = WeightSync.options(**self.placement.options("weight-sync")).remote(self.pool)
         self.synchronizer = make_synchronizer(self.learner, self.pool, self.weight_sync, bucket_bytes(cfg.sync.bucket_mb),
                                               colocate=cl.colocate)
-        self.evaluator = Evaluator(self, cfg.eval, cfg.generation.max_tokens)
+        self.evaluator = Evaluator(
+            cfg.eval, cfg.generation.max_tokens, pool=self.pool, judge=self.judge, learner=self.learner,
+            reward_fn=self.reward_fn, run_dir=self.run_dir, unit=self.unit, prompts=self.prompts.eval, seed=cfg.seed,
+            dynamics=bool(cfg.algorithm.dynamics_every), metrics=self.metrics,
+        )
         self.round = 0  # the round whose stages run now (for the logs of an engine re-sync)
-        self.consumed_prompts = 0
         if llm_judge:  # which label tokens and chat setting the judge chose at start-up
             setup = {k: v for k, v in ray.get(self.judge.judges[0].metrics.remote()).items() if k in JUDGE_SETUP}
             self.metrics.log("judge_setup", **setup)
@@ -122,6 +129,12 @@ class Pipeline:
                      setup.get("label_variant"), setup.get("label_mass", float("nan")), setup.get("chat"))
         log.info("pipeline ready: %d engine(s), %d learner rank(s), judge %s, run dir %s",
                  cl.num_engines, cl.learner_ranks, cfg.judge.backend, self.run_dir.root)
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
 
     def _load_prompts(self) -> Prompts:
         d = self.cfg.data
@@ -146,18 +159,18 @@ class Pipeline:
         round's `chunk` starts at prompt `first` of the round (the same candidates as unchunked)."""
         gen = gen or self.cfg.generation
         self.round = index
-        with self.timer.stage("generate", **where(self.unit, index, chunk)) as st:
+        with self.rounds.stage("generate", index, chunk) as st:
             rollouts = self.pool.sample(prompts, gen, seed=derive_seed(self.cfg.seed, "generate", index), first=first)
             last = self.pool.metrics()["last"]
             st["tokens"] = last["tokens"]
         if last["skipped"] or last["truncated"]:
-            self.metrics.log("data", **{self.unit: index}, overlong_skipped=last["skipped"], overlong_truncated=last["truncated"])
+            self.rounds.event("data", index, overlong_skipped=last["skipped"], overlong_truncated=last["truncated"])
         return rollouts
 
     def rank(self, rollouts: list[Rollout], index: int, chunk: int | None = None) -> list[PromptRanking]:
         """Iterative pairwise ranking (K-1 rounds) of every prompt's candidates by the judge (a
         streamed round's `chunk`: the round's loop checks that not every prompt was dropped)."""
-        with self.timer.stage("judge", **where(self.unit, index, chunk)):
+        with self.rounds.stage("judge", index, chunk):
             result = self.judge.rank(
                 [r.judge_prompt for r in rollouts], [[c.text for c in r.candidates] for r in rollouts],
                 derive_seed(self.cfg.seed, "rank-ties", index))
@@ -170,7 +183,7 @@ class Pipeline:
 
     def win_rates(self, rollouts: list[Rollout], index: int, chunk: int | None = None) -> list[WinRates]:
         """Full K x K win-rate matrices (SPPO); `chunk` as in `rank`."""
-        with self.timer.stage("judge", **where(self.unit, index, chunk)):
+        with self.rounds.stage("judge", index, chunk):
             rates = self.judge.win_rates(
                 [r.judge_prompt for r in rollouts], [[c.text for c in r.candidates] for r in rollouts])
         counts = self._log_judge(index, failed=sum(w.failures for w in rates), partial=sum(w.partial_failures for w in rates),
@@ -195,7 +208,7 @@ class Pipeline:
         guessed) plus what the judges counted since the last event (`JudgePool.take_counts`:
         comparisons/s; llm: scored, retried, overlong, errors, tokens/s, prefix-cache hits)."""
         fields = {**counts, **self.judge.take_counts()}
-        self.metrics.log("judge", **{self.unit: index}, **fields)
+        self.rounds.event("judge", index, **fields)
         return fields
 
     def keep_reference(self) -> None:
@@ -211,7 +224,7 @@ class Pipeline:
     def _reference_pass(self, groups: list[TrainGroup], index: int, weights: str | None,
                         chunk: int | None = None) -> list[TrainGroup]:
         """A learner pass storing log pi of every candidate under the kept `weights` (None: current)."""
-        with self.timer.stage("ref_logprobs", **where(self.unit, index, chunk)) as st:
+        with self.rounds.stage("ref_logprobs", index, chunk) as st:
             for group, logps in zip(groups, self.learner.compute_logps(groups, weights)):
                 group.ref_logps = list(logps)
             st["pairs"] = len(groups)
@@ -224,7 +237,7 @@ class Pipeline:
         learner pass under the kept `weights` (None: the current weights, the round's start)."""
         if not self.cfg.algorithm.reference_from_engines:
             return self._reference_pass(built.groups, index, weights, chunk)
-        with self.timer.stage("ref_logprobs", **where(self.unit, index, chunk), source="engines") as st:
+        with self.rounds.stage("ref_logprobs", index, chunk, source="engines") as st:
             groups = with_engine_logps(built, rollouts)
             st["pairs"] = len(groups)
         return groups
@@ -245,17 +258,17 @@ class Pipeline:
         """Steps `todo` of round `index` (`steps` in all; global step = `first` + n) on `batches`,
         checkpointing every `checkpoint.every_steps` steps inside the round when `checkpoints`."""
         every = self.cfg.checkpoint.every_steps
-        with self.timer.stage("train", **where(self.unit, index, chunk)) as st:
+        with self.rounds.stage("train", index, chunk) as st:
             for n in self.timer.progress(todo, desc=f"train {self.unit} {index}", total=len(todo)):
                 metrics = self.learner.train_step([groups[i] for i in batches[n]])
-                self.metrics.log("train", step=first + n, **{self.unit: index}, **train_fields(metrics))
+                self.rounds.event("train", index, step=first + n, **train_fields(metrics))
                 if checkpoints and every and (n + 1) % every == 0 and n + 1 < steps:
                     self.checkpoint(index - 1, first + n + 1, round_steps=n + 1)
             st["pairs"] = sum(len(batches[n]) for n in todo)
 
     def sync(self, index: int) -> None:
         """Push the learner's full weights into every generation engine."""
-        with self.timer.stage("sync", **{self.unit: index}) as st:
+        with self.rounds.stage("sync", index) as st:
             stats = self.synchronizer.sync()
             st["bytes"], st["buckets"] = stats.bytes, stats.buckets
 
@@ -268,25 +281,23 @@ class Pipeline:
         """Held-out reward and win-rate against the starting policy (index 0 = the start) of the
         engines' weights; `policy` names them in the eval event (APO: "hat" / "extrapolated")."""
         self.round = index
-        with self.timer.stage("eval", **{self.unit: index}):
+        with self.rounds.stage("eval", index):
             return self.evaluator.run(index, policy)
 
     def _resync_engines(self) -> None:
         """After a generation engine restarted: push the learner's current weights again."""
-        self.metrics.log("fault", **{self.unit: self.round}, engine_restarts=self.pool.totals["engine_restarts"])
+        self.rounds.event("fault", self.round, engine_restarts=self.pool.totals["engine_restarts"])
         self.sync(self.round)
 
     def resume(self) -> ResumePoint:
         """Restore the newest valid checkpoint (learner, then engines) and cut metrics.jsonl back to
         what that checkpoint saw (to nothing without one), so the log reads as one uninterrupted run."""
-        point, state = restore_latest(self.run_dir.root, self.unit, self.learner)
-        discarded = self.metrics.rewind(state.metrics_lines if state else 0)
-        if state is not None:
-            self.consumed_prompts = state.consumed_prompts
+        point, discarded = self.store.restore(self.learner)
+        if discarded is not None:
             self.evaluator.restore_targets(point.done)
             self.sync(point.done)
-            self.metrics.log("resume", **{self.unit: point.done}, step=point.step, round_steps=point.round_steps,
-                         discarded_lines=discarded)
+            self.rounds.event("resume", point.done, step=point.step, round_steps=point.round_steps,
+                              discarded_lines=discarded)
         self.metrics.log("actors", **self.actor_pids())
         return point
 
@@ -299,29 +310,7 @@ class Pipeline:
     def checkpoint(self, done: int, step: int, round_steps: int = 0) -> None:
         """Checkpoint after round `done` plus `round_steps` steps of the next (next global step
         `step`), when enabled."""
-        ck = self.cfg.checkpoint
-        if ck.enabled:
-            with self.timer.stage("checkpoint", **{self.unit: done}):
-                save_round(self.run_dir, self.unit, ResumePoint(done, step, round_steps), self.learner,
-                           keep_last=ck.keep_last, metrics_lines=self.metrics.lines,
-                           consumed_prompts=self.consumed_prompts, hf_export=ck.save_hf)
-
-    def stored_pairs(self, index: int) -> list[TrainGroup] | None:
-        """Round `index`'s pairs table if an earlier attempt already wrote it (it is written last,
-        atomically, so its presence means the round's data is complete); None otherwise."""
-        path = self.run_dir.table_path("pairs", index, self.unit)
-        if not path.is_file():
-            return None
-        groups = read_pairs(path)
-        self.metrics.log("data", **{self.unit: index}, reused=str(path.relative_to(self.run_dir.root)), pairs=len(groups))
-        return groups
-
-    def save_tables(self, index: int, rollouts: list[Rollout], judgements: list[Judgement], groups: list[TrainGroup]) -> None:
-        """rollouts / judgements / pairs of one round as Parquet under the run directory."""
-        write_rollouts(self.run_dir.table_path("rollouts", index, self.unit), rollouts)
-        write_judgements(self.run_dir.table_path("judgements", index, self.unit), judgements)
-        write_pairs(self.run_dir.table_path("pairs", index, self.unit), groups)
-        self.consumed_prompts += len(rollouts)
+        self.store.checkpoint(ResumePoint(done, step, round_steps), self.learner)
 
     def export_final(self, weights: str | None = None) -> Path:
         """The final policy as an HF model directory `<run>/final/`: the training weights, or the
@@ -364,32 +353,3 @@ def train_fields(metrics: dict[str, float]) -> dict[str, float]:
     fields = {TRAIN_FIELDS[k]: v for k, v in metrics.items() if k in TRAIN_FIELDS}
     fields.update({k.replace("/", "_"): v for k, v in metrics.items() if k.startswith("dyn/")})
     return fields
-
-
-def judgements_from_rankings(rollouts: list[Rollout], rankings: list[PromptRanking]) -> list[Judgement]:
-    """Storage records of the ranking log (failed comparisons as NaN, failed prompts winner None)."""
-    out = []
-    for ro, rk in zip(rollouts, rankings, strict=True):
-        comps = [Comparison(c.a, c.b, _nan(c.p), _nan(c.p_ab), _nan(c.p_ba)) for c in rk.comparisons]
-        failures = [f"round {c.round}: {c.a} vs {c.b} not scored" for c in rk.comparisons if c.p is None]
-        out.append(Judgement(ro.prompt_index, rk.winner, comps, None, failures))
-    return out
-
-
-def judgements_from_win_rates(rollouts: list[Rollout], rates: list[WinRates]) -> list[Judgement]:
-    """Storage records of SPPO's win-rate matrices (winner = argmax score, None if it failed)."""
-    out = []
-    for ro, wr in zip(rollouts, rates, strict=True):
-        matrix = [[float(x) for x in row] for row in wr.win]
-        failures = [f"{wr.failures} pair(s) not scored"] if wr.failures else []
-        out.append(Judgement(ro.prompt_index, wr.chosen, [], matrix, failures))
-    return out
-
-
-def where(unit: str | None, index: int, chunk: int | None) -> dict[str, int]:
-    """An event's position fields: {unit: index} (no unit: none), plus `chunk` in a streamed round."""
-    return {**({unit: index} if unit else {}), **({"chunk": chunk} if chunk is not None else {})}
-
-
-def _nan(p: float | None) -> float:
-    return float("nan") if p is None else p

@@ -12,9 +12,10 @@ changes, restores the learner and goes on from exactly that point.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import yaml
 
@@ -24,6 +25,7 @@ from apo_pipeline.storage import (
 )
 
 log = logging.getLogger("apo_pipeline")
+T = TypeVar("T")
 
 DS_TAG = "ds"
 HF_DIR = "hf"
@@ -87,6 +89,14 @@ class ResumePoint:
     def steps_done_in(self, index: int) -> int:
         """Optimizer steps of round `index` that the restored state already holds."""
         return self.round_steps if index == self.done + 1 else 0
+
+
+def pending_rounds(parts: Sequence[T], at: ResumePoint) -> Iterator[tuple[int, T, int]]:
+    """The rounds 1..len(parts) that `at` has not completed, as (index, the round's part, optimizer
+    steps of that round the restored state already holds: `at.round_steps` for round `at.done + 1`)."""
+    for index, part in enumerate(parts, start=1):
+        if index > at.done:
+            yield index, part, at.steps_done_in(index)
 
 
 def save_round(

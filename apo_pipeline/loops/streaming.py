@@ -48,7 +48,7 @@ def streamed_round(pipe: Pipeline, prompts: list[Any], index: int, steps: int, s
     global step is `step`, `done_steps` of them restored). `reference`: the learner's kept weights
     holding pi_ref, None for the round's start. Returns the next global step."""
     first = step - done_steps
-    stored = pipe.stored_pairs(index)
+    stored = pipe.store.stored_pairs(index)
     if stored is not None:  # an earlier attempt completed the round's data: train what is left
         batches = stream_batches(_stored_ready(pipe, index, len(prompts), len(stored), steps), pipe.batch_size,
                                  _seeds(pipe, index))
@@ -107,12 +107,12 @@ def _plan_path(pipe: Pipeline, index: int) -> Path:
 def _store_round(pipe: Pipeline, index: int, sizes: list[int], data: RoundData) -> None:
     """The round's chunk plan and tables (pairs last: its presence marks complete data); stops the
     run when the judge dropped every prompt of the round."""
-    pipe.metrics.log("data", **{pipe.unit: index}, prompts=len(data.rollouts), dropped_by_judge=data.dropped, chunks=len(sizes))
+    pipe.rounds.event("data", index, prompts=len(data.rollouts), dropped_by_judge=data.dropped, chunks=len(sizes))
     pipe._stop_if_all_dropped(index, [j.winner for j in data.judgements], {"dropped": data.dropped})
     path = _plan_path(pipe, index)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps({"chunk_prompts": sizes, "chunk_groups": data.ready}))
-    pipe.save_tables(index, data.rollouts, data.judgements, data.groups)
+    pipe.store.save_tables(index, data.rollouts, data.judgements, data.groups)
 
 
 def _stored_ready(pipe: Pipeline, index: int, prompts: int, groups: int, steps: int) -> list[int]:
