@@ -156,6 +156,7 @@ def test_reward_backend_behind_the_same_actor(ray_session: None, cluster: Cluste
     ray.kill(judge)
 
 
+@pytest.mark.slow
 def test_dead_judge_restarts_and_its_call_is_resent(ray_session: None, cluster: ClusterConfig) -> None:
     """SIGKILL the judge's process while a call is in flight (right after it is submitted, so a fast
     machine cannot finish it first): Ray restarts it and re-sends the call (`max_task_retries`),
