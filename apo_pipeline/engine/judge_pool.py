@@ -65,32 +65,13 @@ class JudgePool:
     """`cluster.judge_engines` judges placed by `placement` (`reward`: no bundle; `llm`: each on its
     own `judge_tp` bundles); `rank`, `win_rates` and `compare_batch` sharded over them."""
 
-    def __init__(
-        self,
-        judge: JudgeConfig,
-        cluster: ClusterConfig,
-        placement: Placement,
-        *,
-        model_path: str | None = None,
-        top_logprobs: int = 20,
-        chat: bool | None = None,
-        seed: int = 0,
-        max_restarts: int = 0,
-        restart_timeout_s: float = 600.0,
-    ) -> None:
+    def __init__(self, judge: JudgeConfig, cluster: ClusterConfig, placement: Placement, *, max_restarts: int = 0,
+                 restart_timeout_s: float = 600.0, **judge_args: Any) -> None:
+        """`judge_args`: what every `Judge` is built with besides the configs (`model_path`,
+        `top_logprobs`, `chat`, `seed`; see `Judge`)."""
         self.both_orders = judge.both_orders
-        self.group = WorkerGroup(
-            Judge,
-            judge_options(placement, cluster.judge_engines),
-            judge,
-            cluster,
-            model_path=model_path,
-            top_logprobs=top_logprobs,
-            chat=chat,
-            seed=seed,
-            max_restarts=max_restarts,
-            restart_timeout_s=restart_timeout_s,
-        )
+        self.group = WorkerGroup(Judge, judge_options(placement, cluster.judge_engines), judge, cluster,
+                                 max_restarts=max_restarts, restart_timeout_s=restart_timeout_s, **judge_args)
         self.group.on_restart = self._on_restart
         self._seen: list[dict[str, Any]] = self.group.call("metrics")  # start-up work (label probes) is not counted
         self.seconds = 0.0  # wall seconds of calls since the last `take_counts`

@@ -101,6 +101,11 @@ class RoundFiles:
     tables: dict[str, Path]
 
 
+def _under(name: str) -> property:
+    """A read-only path `<run>/<name>` of a `RunDir`."""
+    return property(lambda self: self.root / name, doc=f"`<run>/{name}`")
+
+
 class RunDir:
     """Paths of one run directory; nothing is created until a writer needs it."""
 
@@ -114,41 +119,15 @@ class RunDir:
     def name(self) -> str:
         return self.root.name
 
-    @property
-    def config_path(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def latest_path(self) -> Path:
-        return self.root / "LATEST"
-
-    @property
-    def driver_path(self) -> Path:
-        return self.root / "driver.json"
-
-    @property
-    def failures_path(self) -> Path:
-        return self.root / "failures.jsonl"
-
-    @property
-    def logs_dir(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def final_dir(self) -> Path:
-        return self.root / "final"
-
-    @property
-    def report_dir(self) -> Path:
-        return self.root / "report"
+    config_path = _under("config.yaml")
+    metrics_path = _under("metrics.jsonl")
+    checkpoints_dir = _under("checkpoints")
+    latest_path = _under("LATEST")
+    driver_path = _under("driver.json")
+    failures_path = _under("failures.jsonl")
+    logs_dir = _under("logs")
+    final_dir = _under("final")
+    report_dir = _under("report")
 
     def round_dir(self, index: int, unit: RoundUnit = "iteration") -> Path:
         """`iter_0003/` (unit="iteration") or `seg_0003/` (unit="segment")."""
