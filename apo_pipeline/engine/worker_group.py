@@ -96,6 +96,16 @@ def wait_names_free(names: Sequence[str], timeout_s: float = 60.0) -> None:
             time.sleep(0.2)
 
 
+def release_names(names: Sequence[str]) -> None:
+    """Kill (without restart) every live actor that holds one of `names`, then wait until all are free."""
+    for name in names:
+        try:
+            ray.kill(ray.get_actor(name))
+        except ValueError:  # no such actor
+            continue
+    wait_names_free(names)
+
+
 def _pid(actor: Any) -> int:
     return os.getpid()
 

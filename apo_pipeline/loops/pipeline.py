@@ -28,11 +28,11 @@ from apo_pipeline.engine.pool import GenerationPool
 from apo_pipeline.engine.buckets import bucket_bytes
 from apo_pipeline.engine.synchronizer import make_synchronizer
 from apo_pipeline.engine.weight_sync import WeightSync
-from apo_pipeline.engine.worker_group import wait_names_free
+from apo_pipeline.engine.worker_group import release_names, wait_names_free
 from apo_pipeline.loops.evaluation import Evaluator
 from apo_pipeline.loops.pairs import Built, with_engine_logps
 from apo_pipeline.loops.resume import ResumePoint
-from apo_pipeline.loops.round_log import RoundLog, where
+from apo_pipeline.loops.round_log import RoundLog, train_fields, where
 from apo_pipeline.loops.round_store import RoundStore
 from apo_pipeline.loops.schedule import epoch_steps, step_batches
 from apo_pipeline.loops.stop import RunStopped
@@ -46,11 +46,6 @@ from apo_pipeline.task.prompts import as_user_turn
 
 log = logging.getLogger("apo_pipeline")
 
-TRAIN_FIELDS = {
-    "loss": "loss", "margin": "margin", "accuracy": "accuracy", "rewards/chosen": "chosen_reward",
-    "rewards/rejected": "rejected_reward", "lr": "lr", "grad_norm": "grad_norm", "mc/entropy": "mc_entropy",
-    "perf/pairs_per_s": "pairs_per_s", "perf/tokens_per_s": "tokens_per_s", "bco/delta": "bco_delta",
-}  # and every dyn/<a>/<b> metric as dyn_<a>_<b> (the dynamics probe, see `train_fields`)
 REFERENCE = "reference"  # the learner's kept weights of pi_ref under `algorithm.reference: initial`
 
 JUDGE_SETUP = ("chat", "label_variant", "label_mass", "label_masses", "probes")
@@ -336,20 +331,3 @@ def role_names(cfg: BaseJobConfig) -> list[str]:
     cl = cfg.cluster
     names = [f"gen-{i}" for i in range(cl.num_engines)] + [f"learner-{i}" for i in range(cl.learner_ranks)]
     return names + [f"judge-{i}" for i in range(cl.judge_engines)] + ["weight-sync"]
-
-
-def release_names(names: list[str]) -> None:
-    """Kill (without restart) every live actor that holds one of `names`, then wait until all are free."""
-    for name in names:
-        try:
-            ray.kill(ray.get_actor(name))
-        except ValueError:  # no such actor
-            continue
-    wait_names_free(names)
-
-
-def train_fields(metrics: dict[str, float]) -> dict[str, float]:
-    """A train step's metrics as train-event fields: TRAIN_FIELDS renamed, dyn/<a>/<b> as dyn_<a>_<b>."""
-    fields = {TRAIN_FIELDS[k]: v for k, v in metrics.items() if k in TRAIN_FIELDS}
-    fields.update({k.replace("/", "_"): v for k, v in metrics.items() if k.startswith("dyn/")})
-    return fields
