@@ -1,8 +1,10 @@
 """The code-health rules of docs/DEVELOPING.md that a script can check: no import cycle inside
-`apo_pipeline/` (scripts/import_cycles.py), no module over 400 lines, the bucket format free of Ray."""
+`apo_pipeline/` (scripts/import_cycles.py), no module over 400 lines, the bucket format free of Ray,
+the `slow` marker and the test folders agreeing."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import subprocess
 import sys
@@ -47,3 +49,26 @@ def test_the_bucket_format_imports_no_ray() -> None:
     code = "import sys, apo_pipeline.engine.buckets; print(sorted({'ray', 'vllm', 'deepspeed'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def _marks(node: ast.AST) -> set[str]:
+    """The `pytest.mark.<name>` names in a decorator list or a `pytestmark = ...` value."""
+    return {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Attribute)
+            and n.value.attr == "mark"}
+
+
+def test_slow_tests_live_in_integration_and_fast_ones_in_unit() -> None:
+    """tests/unit: no test marked slow; tests/integration: every test marked slow (or gpu, never run by
+    `make test`). `make test-fast` selects by marker, so the folders say what it runs."""
+    misplaced = []
+    for folder, wanted in (("unit", False), ("integration", True)):
+        for path in sorted((ROOT / "tests" / folder).glob("test_*.py")):
+            tree = ast.parse(path.read_text())
+            module = set().union(*(_marks(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                                   and any(getattr(t, "id", "") == "pytestmark" for t in n.targets)))
+            for fn in tree.body:
+                if isinstance(fn, ast.FunctionDef) and fn.name.startswith("test_"):
+                    marks = module | set().union(*(_marks(d) for d in fn.decorator_list))
+                    if bool(marks & {"slow", "gpu"}) != wanted:
+                        misplaced.append(f"{path.relative_to(ROOT)}::{fn.name}")
+    assert misplaced == []
