@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,17 +98,22 @@ class Pipeline:
         self.placement = Placement(cl, llm_judge=cfg.judge.backend == "llm", prefix=f"apo-{cfg.name}")
         built.callback(self.placement.remove)  # removing a group also kills the actors placed in it
         self.placement.create()
-        self.pool = GenerationPool(
-            str(self.model_dir), cfg.model, cl, self.placement, sync=cfg.sync,
-            max_prompt_tokens=cfg.data.max_prompt_tokens, overlong=cfg.data.overlong, seed=cfg.seed,
-            max_restarts=cfg.fault.actor_restarts,
-            logprobs_mode="raw_logprobs" if cfg.algorithm.reference_from_engines else "processed_logprobs",
-        )
+        # The three groups start at once (each constructor waits for its own actors): the engines load
+        # their model while the judge loads its own and the learner ranks meet, so start-up takes the
+        # slowest of them, not their sum (at scale: a 70B judge, an 8B policy on vLLM and DeepSpeed).
+        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="start") as start:
+            pool = start.submit(
+                GenerationPool, str(self.model_dir), cfg.model, cl, self.placement, sync=cfg.sync,
+                max_prompt_tokens=cfg.data.max_prompt_tokens, overlong=cfg.data.overlong, seed=cfg.seed,
+                max_restarts=cfg.fault.actor_restarts,
+                logprobs_mode="raw_logprobs" if cfg.algorithm.reference_from_engines else "processed_logprobs",
+            )
+            judge = start.submit(JudgePool, cfg.judge, cl, self.placement, model_path=judge_dir, seed=cfg.seed,
+                                 max_restarts=cfg.fault.actor_restarts)
+            learner = start.submit(LearnerGroup, cfg.model.model_copy(update={"path": str(self.model_dir)}),
+                                   cfg.learner, cfg.algorithm, self.placement, total_steps=self.total_steps, seed=cfg.seed)
+        self.pool, self.judge, self.learner = pool.result(), judge.result(), learner.result()
         self.pool.restart_hook = self._resync_engines
-        self.judge = JudgePool(cfg.judge, cl, self.placement, model_path=judge_dir, seed=cfg.seed,
-                               max_restarts=cfg.fault.actor_restarts)
-        self.learner = LearnerGroup(cfg.model.model_copy(update={"path": str(self.model_dir)}), cfg.learner,
-                                    cfg.algorithm, self.placement, total_steps=self.total_steps, seed=cfg.seed)
         self.weight_sync = WeightSync.options(**self.placement.options("weight-sync")).remote(self.pool)
         self.synchronizer = make_synchronizer(self.learner, self.pool, self.weight_sync, bucket_bytes(cfg.sync.bucket_mb),
                                               colocate=cl.colocate)
