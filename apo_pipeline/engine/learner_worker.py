@@ -326,20 +326,27 @@ class LearnerWorker:
             weight_sync, rank=self.rank, master_address=master_address, master_port=master_port, source=self.nccl_source
         )
 
-    def send_weights_nccl(self) -> tuple[int, int]:
-        """GPU: one full sync through the group made by `init_nccl_sender`; (buckets gathered, bytes sent)."""
-        self.nccl.send_weights()
+    def send_weights_nccl(self, weights: str | None = None) -> tuple[int, int]:
+        """GPU: one full sync through the group made by `init_nccl_sender` of the training weights, or
+        of the kept weights `weights`; (buckets gathered, bytes sent)."""
+        with self.weights.using(weights):
+            self.nccl.send_weights()
         return self.nccl_source.buckets, self.nccl_source.nbytes
 
-    def stream_weight_buckets(self, bucket_bytes: int) -> Iterator[PackedBucket]:
-        """Rank 0 only, as a Ray streaming generator: the full weights as `PackedBucket`s of at most
-        `bucket_bytes` (one parameter may exceed it), every parameter once, in order."""
-        for bucket in gathered_buckets(self.engine.module, bucket_bytes):
-            yield pack_bucket(bucket)
+    def stream_weight_buckets(self, bucket_bytes: int, weights: str | None = None) -> Iterator[PackedBucket]:
+        """Rank 0 only, as a Ray streaming generator: the full weights (the kept weights `weights` when
+        given) as `PackedBucket`s of at most `bucket_bytes` (one parameter may exceed it), every
+        parameter once, in order. The actor runs nothing else until the last bucket is taken, so the
+        swap of `weights` cannot meet a train step."""
+        with self.weights.using(weights):
+            for bucket in gathered_buckets(self.engine.module, bucket_bytes):
+                yield pack_bucket(bucket)
 
-    def join_weight_gathers(self, bucket_bytes: int) -> int:
-        """Ranks > 0 during `stream_weight_buckets` on rank 0: join each bucket's gather; returns the count."""
-        return sum(1 for _ in gathered_buckets(self.engine.module, bucket_bytes))
+    def join_weight_gathers(self, bucket_bytes: int, weights: str | None = None) -> int:
+        """Ranks > 0 during `stream_weight_buckets` on rank 0: join each bucket's gather (of the same
+        `weights`); returns the count."""
+        with self.weights.using(weights):
+            return sum(1 for _ in gathered_buckets(self.engine.module, bucket_bytes))
 
     def export_hf(self, directory: str, weights: str | None = None) -> None:
         """Rank 0 writes the full weights (safetensors, model dtype), config and tokenizer to `directory`;

@@ -42,8 +42,9 @@ class WeightSynchronizer(ABC):
         self.bucket_bytes = bucket_bytes
 
     @abstractmethod
-    def sync(self) -> SyncStats:
-        """Push the learner's current weights into every engine (a collective over the learner ranks)."""
+    def sync(self, weights: str | None = None) -> SyncStats:
+        """Push the learner's current weights (the kept weights `weights` when given, e.g. a streamed
+        round's start) into every engine (a collective over the learner ranks)."""
 
     def before_train(self) -> None:
         """Nothing to free: the engines do not share the learner's devices."""
@@ -55,12 +56,12 @@ class WeightSynchronizer(ABC):
 class ObjectStoreSync(WeightSynchronizer):
     """Buckets through the Ray object store (the `apo_object_store` vLLM backend)."""
 
-    def sync(self) -> SyncStats:
+    def sync(self, weights: str | None = None) -> SyncStats:
         """Rank 0 streams its buckets into every engine (at most the sync actor's `max_inflight` alive
         at once); ranks > 0 join the gathers."""
         ranks = self.learner.ranks
-        joins = [rank.join_weight_gathers.remote(self.bucket_bytes) for rank in ranks[1:]]
-        stats = self.weight_sync.sync_stream.remote(ranks[0], "stream_weight_buckets", self.bucket_bytes)
+        joins = [rank.join_weight_gathers.remote(self.bucket_bytes, weights) for rank in ranks[1:]]
+        stats = self.weight_sync.sync_stream.remote(ranks[0], "stream_weight_buckets", self.bucket_bytes, weights)
         return get_all([stats, *joins])[0]
 
 
@@ -82,7 +83,7 @@ class NcclSync(WeightSynchronizer):
         super().__init__(learner, pool, weight_sync, bucket_bytes)
         self.group_formed = False
 
-    def sync(self) -> SyncStats:
+    def sync(self, weights: str | None = None) -> SyncStats:
         """Form the group on first use (rank 0's node IP, a port free there), then send once."""
         start = time.perf_counter()
         if not self.group_formed:
@@ -90,7 +91,7 @@ class NcclSync(WeightSynchronizer):
             ip, port = ray.get([rank0.node_ip.remote(), rank0.free_port.remote()])
             self.learner.group.call("init_nccl_sender", self.weight_sync, ip, port, self.bucket_bytes)
             self.group_formed = True
-        buckets, nbytes = self.learner.group.call("send_weights_nccl")[0]
+        buckets, nbytes = self.learner.group.call("send_weights_nccl", weights)[0]
         return SyncStats(time.perf_counter() - start, nbytes, buckets, self.pool.num_engines)
 
 

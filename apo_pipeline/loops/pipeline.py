@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -123,6 +124,10 @@ class Pipeline:
             dynamics=bool(cfg.algorithm.dynamics_every), metrics=self.metrics,
         )
         self.round = 0  # the round whose stages run now (for the logs of an engine re-sync)
+        # The weights the engines must hold (None: the training weights; a streamed round sets its
+        # kept round-start weights) and a lock that keeps a restart's re-sync between learner calls.
+        self.engine_weights: str | None = None
+        self.learner_lock = threading.Lock()
         if llm_judge:  # which label tokens and chat setting the judge chose at start-up
             setup = {k: v for k, v in ray.get(self.judge.judges[0].metrics.remote()).items() if k in JUDGE_SETUP}
             self.metrics.log("judge_setup", **setup)
@@ -226,8 +231,10 @@ class Pipeline:
                         chunk: int | None = None) -> list[TrainGroup]:
         """A learner pass storing log pi of every candidate under the kept `weights` (None: current)."""
         with self.rounds.stage("ref_logprobs", index, chunk) as st:
-            for group, logps in zip(groups, self.learner.compute_logps(groups, weights)):
-                group.ref_logps = list(logps)
+            with self.learner_lock:
+                logps = self.learner.compute_logps(groups, weights)
+            for group, logp in zip(groups, logps):
+                group.ref_logps = list(logp)
             st["pairs"] = len(groups)
         return groups
 
@@ -261,16 +268,17 @@ class Pipeline:
         every = self.cfg.checkpoint.every_steps
         with self.rounds.stage("train", index, chunk) as st:
             for n in self.timer.progress(todo, desc=f"train {self.unit} {index}", total=len(todo)):
-                metrics = self.learner.train_step([groups[i] for i in batches[n]])
+                with self.learner_lock:
+                    metrics = self.learner.train_step([groups[i] for i in batches[n]])
                 self.rounds.event("train", index, step=first + n, **train_fields(metrics))
                 if checkpoints and every and (n + 1) % every == 0 and n + 1 < steps:
                     self.checkpoint(index - 1, first + n + 1, round_steps=n + 1)
             st["pairs"] = sum(len(batches[n]) for n in todo)
 
-    def sync(self, index: int) -> None:
-        """Push the learner's full weights into every generation engine."""
+    def sync(self, index: int, weights: str | None = None) -> None:
+        """Push the learner's full weights (the kept weights `weights` when given) into every engine."""
         with self.rounds.stage("sync", index) as st:
-            stats = self.synchronizer.sync()
+            stats = self.synchronizer.sync(weights)
             st["bytes"], st["buckets"] = stats.bytes, stats.buckets
 
     def should_evaluate(self, index: int, last: int) -> bool:
@@ -286,9 +294,13 @@ class Pipeline:
             return self.evaluator.run(index, policy)
 
     def _resync_engines(self) -> None:
-        """After a generation engine restarted: push the learner's current weights again."""
-        self.rounds.event("fault", self.round, engine_restarts=self.pool.totals["engine_restarts"])
-        self.sync(self.round)
+        """After a generation engine restarted: push the weights the engines must hold again (the
+        training weights; in a streamed round its start, kept, as the learner has moved on). Runs on
+        the thread that saw the restart, between two learner calls of the round's thread."""
+        with self.learner_lock:
+            self.rounds.event("fault", self.round, engine_restarts=self.pool.totals["engine_restarts"],
+                              weights=self.engine_weights or "training")
+            self.sync(self.round, self.engine_weights)
 
     def resume(self) -> ResumePoint:
         """Restore the newest valid checkpoint (learner, then engines) and cut metrics.jsonl back to

@@ -14,8 +14,9 @@ The stage threads call the pools' usual restart-aware methods; Ray runs their ca
 the judge works while the engines sample the next chunk and while the learner trains. At most
 `INFLIGHT` generated chunks wait for the judge. The schedule (`stream_plan`) depends on sizes and
 seeds only, so a streamed run, and a resumed one, trains on the same batches whatever the timing.
-Known limit: an engine that restarts mid-round is re-synced with the learner's current weights
-(the pool's restart hook), which in a streamed round have moved past the round's start.
+The learner keeps the round-start weights until the round's data is complete: they are pi_ref
+(under `round`), and what an engine that Ray restarts mid-round is re-synced with (the pool's
+restart hook, `Pipeline.engine_weights`), since the training weights have moved on by then.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from apo_pipeline.seeds import derive_seed
 from apo_pipeline.storage import Judgement, atomic_write_text
 
 INFLIGHT = 2  # generated chunks that may wait for the judge
-ROUND_START = "round_start"  # the learner's kept copy of the round-start weights (pi_ref under `round`)
+ROUND_START = "round_start"  # the learner's kept copy of the round-start weights (the engines' weights)
 PLAN_FILE = "stream.json"  # per round: prompts and groups per chunk (the batches of a resumed round)
 
 JudgeFn = Callable[[list[Rollout], int], Judged]  # (a chunk's rollouts, chunk number) -> verdicts
@@ -54,8 +55,9 @@ def streamed_round(pipe: Pipeline, prompts: list[Any], index: int, steps: int, s
                                  _seeds(pipe, index))
         pipe.train_steps(stored, batches, index, first, range(done_steps, steps), steps)
         return first + steps
+    pipe.learner.keep_weights(ROUND_START)  # free to swap in until the first step moves the weights
+    pipe.engine_weights = ROUND_START
     if reference is None and not pipe.cfg.algorithm.reference_from_engines:
-        pipe.learner.keep_weights(ROUND_START)  # free to swap in until the first step moves the weights
         reference = ROUND_START
     chunks = cut(prompts, pipe.cfg.loop.stream_chunk)
     unlocked = unlocked_steps([len(c) for _, c in chunks], steps)
@@ -68,8 +70,8 @@ def streamed_round(pipe: Pipeline, prompts: list[Any], index: int, steps: int, s
             last = j == len(chunks) - 1
             if last:  # the round's data is complete: stored before any mid-round checkpoint
                 _store_round(pipe, index, [len(c) for _, c in chunks], data)
-                if reference == ROUND_START:
-                    pipe.learner.drop_weights(ROUND_START)
+                pipe.learner.drop_weights(ROUND_START)  # every chunk is sampled: the engines are free
+                pipe.engine_weights = None
             due = ready_per_step(unlocked[:j + 1], data.ready)[len(batches):]
             batches += [draw.next(r) for r in due]
             if due:

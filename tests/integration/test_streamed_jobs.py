@@ -1,13 +1,18 @@
 """Streamed rounds (`loop.stream`) end to end on the tiny model: the stages overlap, a streamed run
 killed mid-stream resumes to the weights of one never stopped (so two streamed runs with one seed
-agree), and OnMC-PO streams with log pi_ref taken from the engines. Reuses test_jobs' machinery."""
+agree), an engine killed mid-stream is re-synced with the round's start, and OnMC-PO streams with
+log pi_ref taken from the engines. Reuses test_jobs' machinery."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from test_jobs import check_run_contract, events, final_weights, job_cmd, kill_when, run_job
+from test_jobs import REPO, check_run_contract, events, final_weights, job_cmd, kill_when, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -78,6 +83,36 @@ def test_streamed_apo_killed_mid_stream_resumes_exactly(streamed_straight, tmp_p
     assert max(float((resumed[k] - straight[k]).abs().max()) for k in resumed) <= 1e-6
     for kind, field in (("train", "loss"), ("train", "step"), ("eval", "reward_mean"), ("eval", "win_rate")):
         assert [e[field] for e in events(run_dir, kind)] == [e[field] for e in events(streamed_straight, kind)], field
+
+
+def test_an_engine_killed_mid_stream_is_resynced_with_the_round_start(streamed_straight, tmp_path):
+    """SIGKILL gen-0 once chunk 1 of iteration 2 is generated (chunks 2 and 3 still to sample). Ray
+    restarts it; by the time it is back the learner has trained on the first chunks, so it must get
+    the kept round-start weights, not the moved ones: the run ends as the one never disturbed."""
+    run_dir = tmp_path / "apo"
+    with open(tmp_path / "job.log", "w") as log:
+        proc = subprocess.Popen(job_cmd("apo", run_dir, *STREAMED), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            deadline = time.time() + 400
+            while proc.poll() is None and time.time() < deadline and not (
+                    (run_dir / "metrics.jsonl").is_file() and any(
+                        e["stage"] == "generate" and e.get("iteration") == 2 and e.get("chunk") == 1
+                        for e in events(run_dir, "stage"))):
+                time.sleep(0.05)
+            os.kill(events(run_dir, "actors")[-1]["gen-0"], signal.SIGKILL)
+            assert proc.wait(timeout=600) == 0, (tmp_path / "job.log").read_text()[-6000:]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    faults = events(run_dir, "fault")
+    assert [(e["iteration"], e["weights"]) for e in faults] == [(2, "round_start")]
+    moved = [e for e in events(run_dir, "train") if e["iteration"] == 2 and e["time"] < faults[0]["time"]]
+    assert moved, "the engine was back before the learner moved: the re-sync was not put to the test"
+    check_run_contract(run_dir, "iteration", rounds=2)
+    restarted, straight = final_weights(run_dir), final_weights(streamed_straight)
+    assert max(float((restarted[k] - straight[k]).abs().max()) for k in restarted) <= 1e-6
+    assert [e["loss"] for e in events(run_dir, "train")] == [e["loss"] for e in events(streamed_straight, "train")]
 
 
 def test_streamed_onmcpo_takes_the_reference_from_the_engines(tmp_path):
