@@ -68,16 +68,18 @@ class LRSchedule:
     Warm-up: s / warmup_steps for s < warmup_steps (0 at the first step). Then `constant`: 1;
     `linear`: (total - s) / (total - warmup) down to 0 at s = total; `cosine`:
     (1 + cos(pi * progress)) / 2 with progress = (s - warmup) / (total - warmup), clamped to [0, 1].
+    `total_steps` None: not set yet; the loop sets it (`new_iteration`) before the first step, or a
+    checkpoint restores it, and a train step refuses to run without it.
     """
 
     kind: str
     warmup_steps: int
-    total_steps: int
+    total_steps: int | None
 
     def __post_init__(self) -> None:
         if self.kind not in ("constant", "linear", "cosine"):
             raise ValueError(f"learner.lr_schedule: unknown schedule {self.kind!r}")
-        if self.total_steps < 1:
+        if self.total_steps is not None and self.total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {self.total_steps}")
 
     def __call__(self, step: int) -> float:
@@ -85,14 +87,14 @@ class LRSchedule:
             return step / self.warmup_steps
         if self.kind == "constant":
             return 1.0
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        progress = min(1.0, (step - self.warmup_steps) / max(1, (self.total_steps or 1) - self.warmup_steps))
         if self.kind == "linear":
             return 1.0 - progress
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def lr_scheduler_factory(
-    learner: LearnerConfig, total_steps: int
+    learner: LearnerConfig, total_steps: int | None
 ) -> Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LambdaLR]:
     """What `deepspeed.initialize(lr_scheduler=...)` calls with the optimizer it built."""
     schedule = LRSchedule(learner.lr_schedule, learner.warmup_steps, total_steps)

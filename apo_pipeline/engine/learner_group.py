@@ -33,8 +33,8 @@ Sequences = Sequence[tuple[Sequence[int], Sequence[int]]]
 class LearnerGroup:
     """Policy training on W ranks: log-probs, train steps, checkpoints, HF export, APO, weights.
 
-    `total_steps`: optimizer steps the learning-rate schedule spans (per APO iteration, see
-    `new_iteration`). `logp_batch_size`: sequences per no-grad forward (default 2 x micro batch).
+    `total_steps`: optimizer steps the learning-rate schedule spans; None (what the loops pass):
+    set by `new_iteration` before the first step (per APO iteration, once for OnMC-PO and MC-PO). `logp_batch_size`: sequences per no-grad forward (default 2 x micro batch).
     """
 
     def __init__(
@@ -44,7 +44,7 @@ class LearnerGroup:
         algorithm: AlgorithmConfig,
         placement: Placement,
         *,
-        total_steps: int,
+        total_steps: int | None = None,
         seed: int = 0,
         logp_batch_size: int | None = None,
     ) -> None:

@@ -80,7 +80,7 @@ class LearnerWorker:
         learner: LearnerConfig,
         *,
         use_gpu: bool,
-        total_steps: int,
+        total_steps: int | None,
         seed: int,
         logp_batch_size: int,
     ) -> None:
@@ -186,13 +186,16 @@ class LearnerWorker:
     # ---- training -------------------------------------------------------------------------
 
     def train_step(self, groups: list[TrainGroup], algorithm: AlgorithmConfig, total_groups: int) -> StepReport:
-        """One optimizer step over this rank's `groups` (of `total_groups` over all ranks).
+        """One optimizer step over this rank's `groups` (of `total_groups` over all ranks); refused
+        while no learning-rate schedule is set (`new_iteration`, or a restored checkpoint).
 
         Negatives: the MC kernel on the current policy's no-grad log-probs of all K candidates,
         seeded by (seed, step, rank). Gradient forward on chosen + negatives only, in micro-batches
         of `learner.micro_batch_size` groups accumulated into one step; each micro-batch's mean loss
         is weighted by its share of `total_groups`, so the step's gradient is the mean over all groups.
         """
+        if self.engine.lr_scheduler.lr_lambdas[0].total_steps is None:
+            raise RuntimeError("no learning-rate schedule: call new_iteration(total_steps) before the first train step")
         step = self.engine.global_steps
         policy = self._candidate_logps(groups, needs_policy_logps(groups, algorithm))
         generator = torch.Generator().manual_seed(step_seed(self.seed, step, self.rank))

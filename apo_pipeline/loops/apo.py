@@ -74,7 +74,7 @@ def run(cfg: APOConfig, run_dir: Path, build: Callable[..., Pipeline] = Pipeline
     """Run iterative APO with the actors `build` makes (a `Pipeline`); returns pihat_{T+1}'s HF
     directory (`<run_dir>/final`)."""
     T, alpha = cfg.loop.iterations, cfg.loop.alpha
-    with build(cfg, run_dir, unit="iteration", total_steps=1) as pipe:  # new_iteration sets each schedule
+    with build(cfg, run_dir, unit="iteration") as pipe:  # new_iteration sets each iteration's schedule
         at = pipe.resume()
         if at.fresh:
             start = pipe.evaluate(0, HAT)  # theta_1 = pihat_1: one evaluation, both names

@@ -64,7 +64,7 @@ def run(cfg: MCPOConfig, run_dir: Path, build: Callable[..., Pipeline] = Pipelin
     """Run offline MC-PO with the actors `build` makes (a `Pipeline`); returns the final policy's HF
     directory (`<run_dir>/final`). Rounds are epochs; the LR schedule spans all of them."""
     epochs = cfg.loop.epochs
-    with build(cfg, run_dir, unit="iteration", total_steps=1) as pipe:  # set below, once the data is known
+    with build(cfg, run_dir, unit="iteration") as pipe:  # the schedule is set below, once the data is known
         at = pipe.resume()
         if at.fresh:
             pipe.evaluate(0)

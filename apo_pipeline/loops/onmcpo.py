@@ -24,7 +24,7 @@ from apo_pipeline.config import OnMCPOConfig
 from apo_pipeline.loops.pairs import Judged, candidate_groups, judgements_from_rankings
 from apo_pipeline.loops.pipeline import REFERENCE, Pipeline
 from apo_pipeline.loops.resume import pending_rounds
-from apo_pipeline.loops.schedule import split_segments, steps_per_part
+from apo_pipeline.loops.schedule import epoch_steps, split_segments, steps_per_part
 from apo_pipeline.loops.streaming import streamed_round
 from apo_pipeline.rollout import Rollout, TrainGroup
 
@@ -49,15 +49,18 @@ def segment_data(pipe: Pipeline, prompts: list[Any], s: int, reference: str | No
 def run(cfg: OnMCPOConfig, run_dir: Path, build: Callable[..., Pipeline] = Pipeline) -> Path:
     """Run OnMC-PO with the actors `build` makes (a `Pipeline`); returns the final policy's HF
     directory (`<run_dir>/final`)."""
-    with build(cfg, run_dir, unit="segment", total_steps=cfg.loop.total_steps) as pipe:
+    with build(cfg, run_dir, unit="segment") as pipe:
         at = pipe.resume()
         initial = cfg.algorithm.reference == "initial"
+        # unset: one pass over the train prompts (the MC-PO paper: steps = data / effective batch)
+        total = cfg.loop.total_steps or epoch_steps(len(pipe.prompts.train), pipe.batch_size, 1)
         if at.fresh:
+            pipe.learner.new_iteration(total, reset_optimizer=False)  # one schedule over every segment
             pipe.evaluate(0)
             if initial:
                 pipe.keep_reference()  # checkpoints carry it; a resume restores it
         segments = split_segments(pipe.prompts.train, cfg.loop.segments)
-        steps = steps_per_part(pipe.total_steps, cfg.loop.segments)
+        steps = steps_per_part(total, cfg.loop.segments)
         reference = REFERENCE if initial else None
         step = at.step
         for s, prompts, done_steps in pending_rounds(segments, at):

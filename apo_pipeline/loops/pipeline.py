@@ -36,7 +36,7 @@ from apo_pipeline.loops.pairs import Built, with_engine_logps
 from apo_pipeline.loops.resume import ResumePoint
 from apo_pipeline.loops.round_log import RoundLog, train_fields, where
 from apo_pipeline.loops.round_store import RoundStore
-from apo_pipeline.loops.schedule import epoch_steps, step_batches
+from apo_pipeline.loops.schedule import step_batches
 from apo_pipeline.loops.stop import RunStopped
 from apo_pipeline.monitoring import StageTimer, console, open_run_metrics
 from apo_pipeline.ranking import PromptRanking, WinRates
@@ -68,17 +68,17 @@ class Prompts:
 class Pipeline:
     """All actors of a run. `unit` is "segment" (OnMC-PO) or "iteration" (APO, MC-PO epochs)."""
 
-    def __init__(self, cfg: BaseJobConfig, run_dir: Path, unit: str, total_steps: int | None) -> None:
+    def __init__(self, cfg: BaseJobConfig, run_dir: Path, unit: str) -> None:
         self.cfg = cfg
         self.unit = unit
         self.run_dir: RunDir = create_run_dir(run_dir.parent, run_dir.name, cfg)
         # A failure part-way releases what was built, so a job restore can build again under the same names.
         with ExitStack() as built:
             built.callback(release_names, role_names(cfg))
-            self._build(cfg, total_steps, built)
+            self._build(cfg, built)
             built.pop_all()
 
-    def _build(self, cfg: BaseJobConfig, total_steps: int, built: ExitStack) -> None:
+    def _build(self, cfg: BaseJobConfig, built: ExitStack) -> None:
         """Metrics, model, prompts and every actor. What needs releasing besides the actors' names (the
         metrics file and trackers, the placement groups) goes on `built` as soon as it exists."""
         self.metrics = open_run_metrics(self.run_dir.root, cfg, console=console.active())
@@ -90,8 +90,6 @@ class Pipeline:
         llm_judge = cfg.judge.backend == "llm"
         judge_dir = str(resolve_model(cfg.judge.model, seed=cfg.seed, key="judge.model")) if llm_judge else None
         self.prompts = self._load_prompts()
-        # None: one pass over the train prompts (the MC-PO paper: steps = data / effective batch)
-        self.total_steps = total_steps or epoch_steps(len(self.prompts.train), self.batch_size, 1)
         self.reward_fn: Callable[[Any, str], float] | None = (
             load_reward_fn(cfg.judge.reward_fn) if cfg.judge.backend == "reward" else None
         )
@@ -112,7 +110,7 @@ class Pipeline:
             judge = start.submit(JudgePool, cfg.judge, cl, self.placement, model_path=judge_dir, seed=cfg.seed,
                                  max_restarts=cfg.fault.actor_restarts)
             learner = start.submit(LearnerGroup, cfg.model.model_copy(update={"path": str(self.model_dir)}),
-                                   cfg.learner, cfg.algorithm, self.placement, total_steps=self.total_steps, seed=cfg.seed)
+                                   cfg.learner, cfg.algorithm, self.placement, seed=cfg.seed)
         self.pool, self.judge, self.learner = pool.result(), judge.result(), learner.result()
         self.pool.restart_hook = self._resync_engines
         self.weight_sync = WeightSync.options(**self.placement.options("weight-sync")).remote(self.pool)

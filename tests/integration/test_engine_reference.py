@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import ray
+from ray.exceptions import RayTaskError
 
 from apo_pipeline.config.sections import AlgorithmConfig, ClusterConfig, GenerationConfig, LearnerConfig, ModelConfig
 from apo_pipeline.engine.learner_group import LearnerGroup
@@ -29,7 +30,7 @@ def test_engine_sampling_logps_equal_the_learners_reference_pass(ray_session, ti
     placement = Placement(CLUSTER, prefix="apo-engref", namespace="engref").create()
     model = ModelConfig(path=tiny_model_dir)
     pool = GenerationPool(tiny_model_dir, model, CLUSTER, placement, logprobs_mode="raw_logprobs")
-    learner = LearnerGroup(model, LearnerConfig(), AlgorithmConfig(), placement, total_steps=1)
+    learner = LearnerGroup(model, LearnerConfig(), AlgorithmConfig(), placement)  # no LR schedule set
     try:
         rollouts = pool.sample(PROMPTS, GEN, seed=3)
         built = candidate_groups(rollouts, [PromptRanking(winner=0)] * len(rollouts))
@@ -40,6 +41,8 @@ def test_engine_sampling_logps_equal_the_learners_reference_pass(ray_session, ti
         worst = max(abs(e - w) for e, w in pairs)
         assert worst <= 1e-3, f"engine vs learner log pi differ by up to {worst:.2e} nats per sequence"
         assert max(abs(w) for _, w in pairs) > 1.0  # real sequences, not empty ones
+        with pytest.raises(RayTaskError, match="no learning-rate schedule"):  # the loops set it first
+            learner.train_step(built.groups[:1])
     finally:
         for engine_actor in pool.engines:
             ray.kill(engine_actor)

@@ -41,14 +41,13 @@ class FakePipeline:
 
     batch_size = 2
 
-    def __init__(self, cfg: Any, run_dir: Path, unit: str, total_steps: int | None, *, at: ResumePoint) -> None:
+    def __init__(self, cfg: Any, run_dir: Path, unit: str, *, at: ResumePoint) -> None:
         self.cfg, self.unit, self.at, self.calls = cfg, unit, at, []
         self.run_dir = create_run_dir(run_dir.parent, run_dir.name, cfg)
         self.metrics = MetricsLogger(self.run_dir.root, ray_metrics=False)
         self.rounds = RoundLog(self.metrics, StageTimer(self.metrics, progress=False), unit)
         self.store = RoundStore(self.run_dir, self.rounds, cfg.checkpoint)
         self.prompts = Prompts([f"prompt {i}" for i in range(PROMPTS)], ["held out"])
-        self.total_steps = total_steps or PROMPTS // self.batch_size
         self.learner = FakeLearner(self.calls)
 
     def __enter__(self) -> FakePipeline:
@@ -126,7 +125,7 @@ def onmcpo_cfg(*overrides: str) -> OnMCPOConfig:
 
 def test_onmcpo_runs_each_segment_in_the_papers_order(tmp_path) -> None:
     calls, run = drive(onmcpo, onmcpo_cfg(), tmp_path)
-    assert calls[:2] == [("evaluate", 0, None), ("keep_reference",)]
+    assert calls[:3] == [("learner.new_iteration", 6), ("evaluate", 0, None), ("keep_reference",)]  # one LR schedule
     for s in (1, 2):
         assert stages(calls, s) == ["generate", "rank", "reference", "train", "sync", "evaluate", "checkpoint"]
     assert [c for c in calls if c[0] == "train"] == [("train", 1, 0, 0, 3), ("train", 2, 3, 0, 3)]
@@ -144,8 +143,16 @@ def test_onmcpo_resumes_mid_segment_and_reuses_its_stored_data(tmp_path) -> None
     assert stages(calls, 2) == ["train", "sync", "evaluate", "checkpoint"]
     assert ("train", 2, 4, 1, 3) in calls and ("checkpoint", 2, 6) in calls
     assert ("keep_reference",) not in calls and ("evaluate", 0, None) not in calls
+    assert not [c for c in calls if c[0] == "learner.new_iteration"]  # the checkpoint restored the schedule
     reused = read_metrics(run, "data")[-1]
     assert (reused["segment"], reused["reused"], reused["pairs"]) == (2, "seg_0002/pairs.parquet", 4)
+
+
+def test_onmcpo_steps_default_to_one_pass_over_the_prompts(tmp_path) -> None:
+    """loop.total_steps unset: prompts / effective batch (8 / 2), split over the segments."""
+    calls, _ = drive(onmcpo, load_config(OnMCPOConfig, None, ["loop.segments=2"]), tmp_path)
+    assert calls[0] == ("learner.new_iteration", 4)
+    assert [c for c in calls if c[0] == "train"] == [("train", 1, 0, 0, 2), ("train", 2, 2, 0, 2)]
 
 
 def test_onmcpo_round_reference_is_each_segments_start(tmp_path) -> None:
