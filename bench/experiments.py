@@ -290,9 +290,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = args.out.resolve()
     runs = plan(args.only, args.seeds, out, args.archive.resolve())
-    for r in runs:  # a run finished before archives existed
-        if (r.directory / "final").is_dir() and not r.archive.is_file():
-            archive(r)
     todo = [r for r in runs if not r.finished]
     unfinished = [r for r in todo if r.directory.exists()]
     validate(runs)
@@ -306,7 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         print("unfinished run directories (pass --resume to continue them, or remove them):\n  "
               + "\n  ".join(str(r.directory) for r in unfinished), file=sys.stderr)
         return 2
-    shown = [n for n in EXPERIMENTS if n in args.only or (out / n).is_dir()]  # keep earlier batches' results
+    for r in runs:  # a run finished before archives existed
+        if (r.directory / "final").is_dir() and not r.archive.is_file():
+            archive(r)
+    shown = [n for n in EXPERIMENTS if n in args.only or (out / n).is_dir() or (args.archive / n).is_dir()]  # earlier batches too
     every = plan(shown, args.seeds, out, args.archive.resolve())
     status = {str(r.directory): {"status": "finished earlier" if r.finished else "not run"} for r in every}
     same = same_runs(runs)
