@@ -1,12 +1,14 @@
 """Run the algorithm experiments of `bench/experiment_specs.py` over several seeds and aggregate them.
 
-    python bench/experiments.py [--only NAME ...] [--seeds 0 1 2 3 4] [--out bench/experiments] [--dry-run] [--resume]
+    python bench/experiments.py [--only NAME ...] [--seeds 0 1 2 3 4] [--out bench/experiments] [--archive bench/experiment-runs]
+        [--dry-run] [--resume]
 
 Each run is `python jobs/<job>.py --run-dir <out>/<experiment>/<variant>/seed<k> ...` (its output in
-`job.log` there), one after the other. Runs whose `final/` exists are skipped, so re-running
-continues a batch; a run identical to an earlier one of the batch (same job and arguments) is a
-symlink to it; an unfinished run directory is continued from its checkpoint only with
-`--resume`. Afterwards `<out>/results.json` and `<out>/results.md` hold, per variant (and eval
+`job.log` there), one after the other; its metrics are archived under `--archive`
+(`bench/experiment-runs/`, kept in git: `experiment_runs.py`). Finished runs (archived, or with a
+`final/` directory) are skipped, so re-running continues a batch, here or on another machine; a run
+whose config resolves to an earlier run's is copied from it; an unfinished run directory is
+continued from its checkpoint only with `--resume`. Afterwards `<out>/results.json` and `<out>/results.md` hold, per variant (and eval
 policy) and iteration, the mean and sample std over seeds of the eval metrics, the MC kernel's
 entropy per round, and the experiment's paired comparisons (same seeds in both arms: the mean
 per-seed difference of the final values and its 95% t interval, `paired_stats.py`);
@@ -25,66 +27,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from experiment_specs import DEFAULT_SEEDS, EXPERIMENTS, SCALES, Experiment, Variant
+from experiment_runs import ARCHIVE, ROOT, Run, archive, copy_run, execute, load_events, plan, same_runs, validate
+from experiment_specs import DEFAULT_SEEDS, EXPERIMENTS, SCALES, Experiment
 from paired_stats import CONFIDENCE, paired_difference
 
-ROOT = Path(__file__).resolve().parent.parent
 EVAL_KEYS = ("reward_mean", "win_rate", "reward_greedy")
 PAIRED_KEYS = ("reward_mean", "reward_greedy", "win_rate")  # compared at each run's last evaluation
 LAST_STEPS = 10  # train metrics are averaged over each run's last LAST_STEPS optimizer steps
-RUN_TIMEOUT_S = 1800  # a run takes minutes; this only stops a hung one
 Event = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Run:
-    """One seed of one variant, in `<out>/<experiment>/<variant>/seed<k>`."""
-
-    experiment: Experiment
-    variant: Variant
-    seed: int
-    directory: Path
-
-    @property
-    def command(self) -> list[str]:
-        return [sys.executable, f"jobs/{self.variant.job}.py", "--run-dir", str(self.directory),
-                *self.experiment.command_overrides(self.variant, self.seed)]
-
-    @property
-    def finished(self) -> bool:
-        return (self.directory / "final").is_dir()
-
-
-def plan(names: Sequence[str], seeds: Sequence[int], out: Path) -> list[Run]:
-    """Every run of the named experiments, seed by seed inside each variant."""
-    return [Run(EXPERIMENTS[n], v, s, out / n / v.name / f"seed{s}")
-            for n in names for v in EXPERIMENTS[n].variants for s in seeds]
-
-
-def same_runs(runs: Sequence[Run]) -> dict[Path, Path]:
-    """{run directory: the directory of an earlier run whose job resolves to the same config}: such a
-    run (e.g. OnMC-PO's default arm, which three experiments share) is run once and linked."""
-    first: dict[str, Path] = {}
-    same = {}
-    for run in runs:
-        key = json.dumps(resolved(run).model_dump(mode="json"), sort_keys=True)
-        if key in first:
-            same[run.directory] = first[key]
-        else:
-            first[key] = run.directory
-    return same
-
-
-def link(directory: Path, target: Path) -> str:
-    """Make `directory` a relative symlink to the finished run `target`."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    directory.symlink_to(os.path.relpath(target, directory.parent), target_is_directory=True)
-    return f"same as {target}"
 
 
 # Aggregation: pure functions of {run directory: metric events}.
@@ -277,48 +231,6 @@ def markdown(summary: Mapping[str, Any], env: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# Running.
-
-
-def resolved(run: Run) -> Any:
-    """The run's config as its job resolves it (no Ray); raises ConfigError naming the key."""
-    from apo_pipeline.launch import parse_args, resolve_config
-
-    return resolve_config(run.variant.job, parse_args(run.variant.job, run.command[2:]))
-
-
-def validate(runs: Sequence[Run]) -> None:
-    """Resolve every run's config as its job will; a ConfigError names the run and key."""
-    from apo_pipeline.config import ConfigError
-
-    for run in runs:
-        try:
-            resolved(run)
-        except ConfigError as exc:
-            raise SystemExit(f"{run.directory}: {exc}") from None
-
-
-def execute(run: Run) -> str:
-    """Run one job with its output in `<run>/job.log`; "ok" or why it failed."""
-    run.directory.mkdir(parents=True, exist_ok=True)
-    with (run.directory / "job.log").open("a") as log:
-        log.write(f"$ {shlex.join(run.command)}\n")
-        log.flush()
-        try:
-            done = subprocess.run(run.command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                  timeout=RUN_TIMEOUT_S, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        except subprocess.TimeoutExpired:
-            return f"timed out after {RUN_TIMEOUT_S} s"
-    return "ok" if done.returncode == 0 else f"exit {done.returncode} (see {run.directory / 'job.log'})"
-
-
-def load_events(run_dir: Path) -> list[Event]:
-    """The events of `<run_dir>/metrics.jsonl`; [] where the run never wrote one."""
-    from apo_pipeline.monitoring.metrics import read_metrics
-
-    return read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
-
-
 def plot(runs: Sequence[Run], seeds: Sequence[int], out: Path) -> None:
     """Overlay one seed (the first with the most runs logged) of the variants; a failure only warns."""
     logged = [r for r in runs if (r.directory / "metrics.jsonl").is_file()]
@@ -372,11 +284,12 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"experiments to run (default: all of {', '.join(EXPERIMENTS)})")
     p.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS))
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "experiments")
+    p.add_argument("--archive", type=Path, default=ARCHIVE, help="where finished runs' metrics are kept (in git)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--resume", action="store_true", help="continue unfinished run directories from their checkpoints")
     args = p.parse_args(argv)
     out = args.out.resolve()
-    runs = plan(args.only, args.seeds, out)
+    runs = plan(args.only, args.seeds, out, args.archive.resolve())
     todo = [r for r in runs if not r.finished]
     unfinished = [r for r in todo if r.directory.exists()]
     validate(runs)
@@ -390,18 +303,21 @@ def main(argv: list[str] | None = None) -> int:
         print("unfinished run directories (pass --resume to continue them, or remove them):\n  "
               + "\n  ".join(str(r.directory) for r in unfinished), file=sys.stderr)
         return 2
-    shown = [n for n in EXPERIMENTS if n in args.only or (out / n).is_dir()]  # keep earlier batches' results
-    every = plan(shown, args.seeds, out)
+    for r in runs:  # a run finished before archives existed
+        if (r.directory / "final").is_dir() and not r.archive.is_file():
+            archive(r)
+    shown = [n for n in EXPERIMENTS if n in args.only or (out / n).is_dir() or (args.archive / n).is_dir()]  # earlier batches too
+    every = plan(shown, args.seeds, out, args.archive.resolve())
     status = {str(r.directory): {"status": "finished earlier" if r.finished else "not run"} for r in every}
     same = same_runs(runs)
     for n, r in enumerate(todo, start=1):
         start = time.perf_counter()
-        original = same.get(r.directory)
-        result = link(r.directory, original) if original and (original / "final").is_dir() else execute(r)
+        original = same.get(r)
+        result = copy_run(r, original) if original and original.finished else execute(r)
         status[str(r.directory)] = {"status": result, "seconds": round(time.perf_counter() - start, 1)}
         print(f"[{n}/{len(todo)}] {r.directory.relative_to(out)}: {result} "
               f"({status[str(r.directory)]['seconds']:.0f} s)", flush=True)
-    summary = summarize({str(r.directory): load_events(r.directory) for r in every}, EXPERIMENTS)
+    summary = summarize({str(r.directory): load_events(r) for r in every}, EXPERIMENTS)
     env = environment(args.seeds)
     for name in shown:
         plot([r for r in every if r.experiment.name == name], args.seeds, out / name / "plots")

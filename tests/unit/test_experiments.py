@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))  # bench/ is scripts, not a package
 import experiment_specs as specs  # noqa: E402
+import experiment_runs  # noqa: E402
 import experiments  # noqa: E402
 import paired_stats  # noqa: E402
 
@@ -101,7 +103,7 @@ def test_summarize_groups_run_directories_and_computes_reach_on_seed_means(tmp_p
 
 
 def test_every_planned_command_names_its_job_run_dir_scale_and_seed(tmp_path):
-    runs = experiments.plan(list(specs.EXPERIMENTS), [0, 1], tmp_path)
+    runs = experiment_runs.plan(list(specs.EXPERIMENTS), [0, 1], tmp_path)
     assert len(runs) == 2 * sum(len(e.variants) for e in specs.EXPERIMENTS.values())
     run = next(r for r in runs if r.variant.name == "cdpo" and r.seed == 1)
     assert run.directory == tmp_path / "spo_cdpo" / "cdpo" / "seed1"
@@ -167,16 +169,37 @@ def test_dry_run_plans_five_seeds_by_default_and_validates_every_config(tmp_path
     assert "algorithm.reference=round" in out and "algorithm.cdpo_shape=phases" in out and "seed=4" in out
 
 
-def test_runs_with_the_same_resolved_config_are_run_once_and_linked(tmp_path):
+def test_runs_with_the_same_resolved_config_are_run_once_and_copied(tmp_path):
     """OnMC-PO's default arm (MC negatives, M = 1, dpo, pi_ref initial) appears in three experiments
     (`algorithm.reference=initial` spelled out resolves to the same config), offline MC-PO's in two."""
-    runs = experiments.plan(list(specs.EXPERIMENTS), [0], tmp_path)
-    same = experiments.same_runs(runs)
-    online = tmp_path / "online_vs_offline" / "online_mc" / "seed0"
-    assert same == {tmp_path / "reference" / "initial" / "seed0": online, tmp_path / "spo_cdpo" / "dpo" / "seed0": online,
-                    tmp_path / "online_vs_offline" / "offline_mc" / "seed0": tmp_path / "mc_samplers" / "mc_m1" / "seed0"}
-    (online / "final").mkdir(parents=True)
-    (online / "metrics.jsonl").write_text("{}\n")
-    copy = tmp_path / "reference" / "initial" / "seed0"
-    assert experiments.link(copy, online) == f"same as {online}"
-    assert copy.is_symlink() and (copy / "metrics.jsonl").read_text() == "{}\n"
+    runs = experiment_runs.plan(list(specs.EXPERIMENTS), [0], tmp_path / "out", tmp_path / "archive")
+    by_dir = {r.directory.relative_to(tmp_path / "out").parts[:2]: r for r in runs}
+    same = {a.directory: b.directory for a, b in experiment_runs.same_runs(runs).items()}
+    online, offline = by_dir["online_vs_offline", "online_mc"], by_dir["mc_samplers", "mc_m1"]
+    assert same == {by_dir["reference", "initial"].directory: online.directory,
+                    by_dir["spo_cdpo", "dpo"].directory: online.directory,
+                    by_dir["online_vs_offline", "offline_mc"].directory: offline.directory}
+    (online.directory / "final").mkdir(parents=True)
+    (online.directory / "metrics.jsonl").write_text('{"event": "eval", "iteration": 0}\n')
+    experiment_runs.archive(online)
+    copy = by_dir["reference", "initial"]
+    assert not copy.finished
+    assert experiment_runs.copy_run(copy, online) == f"same as {online.directory}"
+    assert copy.finished and copy.directory.is_symlink()
+    assert experiment_runs.load_events(copy) == [{"event": "eval", "iteration": 0}]
+
+
+def test_an_archived_run_is_finished_and_read_without_its_directory(tmp_path):
+    """The archive (kept in git) is what carries a batch over to another machine."""
+    run = experiment_runs.plan(["reference"], [3], tmp_path / "out", tmp_path / "archive")[0]
+    assert not run.finished and experiment_runs.load_events(run) == []
+    run.directory.mkdir(parents=True)
+    (run.directory / "metrics.jsonl").write_text('{"event": "train", "step": 0}\n{"event": "train", "step": 1}\n')
+    assert experiment_runs.load_events(run) == [{"event": "train", "step": 0}, {"event": "train", "step": 1}]
+    experiment_runs.archive(run)
+    first = run.archive.read_bytes()
+    experiment_runs.archive(run)
+    assert run.archive.read_bytes() == first, "archiving the same metrics twice changed the file"
+    shutil.rmtree(tmp_path / "out")
+    assert run.finished and run.archive == tmp_path / "archive" / "reference" / "initial" / "seed3.jsonl.gz"
+    assert [e["step"] for e in experiment_runs.load_events(run)] == [0, 1]
