@@ -163,7 +163,8 @@ def test_paired_rows_and_entropy_per_round_in_the_summary(tmp_path):
 
 
 def test_dry_run_plans_five_seeds_by_default_and_validates_every_config(tmp_path, capsys):
-    assert experiments.main(["--dry-run", "--only", "reference", "spo_cdpo", "--out", str(tmp_path)]) == 0
+    args = ["--dry-run", "--only", "reference", "spo_cdpo", "--out", str(tmp_path), "--archive", str(tmp_path / "archive")]
+    assert experiments.main(args) == 0  # an empty archive: the repository's holds finished runs
     out = capsys.readouterr().out
     assert "# 35 of 35 runs to do" in out  # (3 + 4 variants) x seeds 0..4
     assert "algorithm.reference=round" in out and "algorithm.cdpo_shape=phases" in out and "seed=4" in out
