@@ -14,13 +14,17 @@ lr 1e-4 constant, every prompt once, in `segments` windows of `segment_prompts` 
   window's time is that of its `steps_per_segment` optimizer steps.
 
 - Ours streamed: the same command with `loop.stream=true` (chunks of `STREAM_CHUNK` prompts,
-  docs/algorithms.md), measured in the same rounds as the other two sides (side by side).
+  docs/algorithms.md), measured in the same rounds as the other sides (side by side).
+- Ours streamed, 1 CPU per actor: as above with `cluster.cpus_per_actor=1`. Streamed, the engine
+  and the learner run at once; at 2 CPUs each they keep 4 threads busy on the machine's 2 cores,
+  at 1 each, 2 (one core per role, as a GPU layout gives each role its own devices).
 
 Each side runs `ROUNDS` times, rotating which goes first. Segment / window 1 of every run (first
 compilation, first sync) is left out; the figures are medians over the rest. Key `end_to_end_vs_trl` = ours / TRL prompts/s (goal >= 2). `overlap` = the sum of our
 stage times over the segment's wall time: above 1 would mean stages ran concurrently.
-`streamed`: the streamed side's figures; `streamed_vs_sequential` = sequential / streamed seconds
-per segment (above 1: streaming is faster on this workload).
+`streamed` / `streamed_1cpu`: the streamed sides' figures; `streamed_vs_sequential` (and
+`streamed_1cpu_vs_sequential`) = sequential / streamed seconds per segment (above 1: streaming is
+faster on this workload).
 """
 
 from __future__ import annotations
@@ -105,17 +109,27 @@ def versions() -> dict[str, str]:
     return {"trl": trl.__version__, "accelerate": accelerate.__version__}
 
 
-def run_ours(tmp: Path, model_dir: str, prompts_file: Path, r: int, stream: bool = False) -> list[dict[str, Any]]:
-    name = f"ours{'-streamed' if stream else ''}-{r}"
+def side_overrides(stream: bool, cpus: int | None) -> list[str]:
+    """What a side adds to `ours_overrides`: streamed rounds, another CPU count per actor."""
     streamed = ["loop.stream=true", f"loop.stream_chunk={STREAM_CHUNK}"] if stream else []
+    return streamed + ([f"cluster.cpus_per_actor={cpus}"] if cpus else [])
+
+
+def run_ours(tmp: Path, model_dir: str, prompts_file: Path, r: int, stream: bool = False,
+             cpus: int | None = None) -> list[dict[str, Any]]:
+    name = f"ours{'-streamed' if stream else ''}{f'-{cpus}cpu' if cpus else ''}-{r}"
     command = [sys.executable, "jobs/onmcpo.py", "--run-dir", str(tmp / name), *ours_overrides(model_dir, prompts_file),
-               *streamed]
+               *side_overrides(stream, cpus)]
     run(command, tmp / f"{name}.log")
     return [dict(s, run=r) for s in ours_segments(tmp / name)]
 
 
 def run_streamed(tmp: Path, model_dir: str, prompts_file: Path, r: int) -> list[dict[str, Any]]:
     return run_ours(tmp, model_dir, prompts_file, r, stream=True)
+
+
+def run_streamed_1cpu(tmp: Path, model_dir: str, prompts_file: Path, r: int) -> list[dict[str, Any]]:
+    return run_ours(tmp, model_dir, prompts_file, r, stream=True, cpus=1)
 
 
 def summary(segments: list[dict[str, Any]]) -> dict[str, Any]:
@@ -139,21 +153,22 @@ def main() -> None:
     w = WORKLOAD
     ours: list[dict[str, Any]] = []
     streamed: list[dict[str, Any]] = []
+    streamed_1cpu: list[dict[str, Any]] = []
     trl: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         model_dir = build_model(tmp_path)
         prompts_file = tmp_path / "prompts.jsonl"
         write_prompts(prompts_file)
-        sides = [(ours, run_ours), (streamed, run_streamed), (trl, run_trl)]
+        sides = [(ours, run_ours), (streamed, run_streamed), (trl, run_trl), (streamed_1cpu, run_streamed_1cpu)]
         for r in range(ROUNDS):  # each round starts with the next side
-            for into, side in sides[r % 3:] + sides[:r % 3]:
+            for into, side in sides[r % len(sides):] + sides[:r % len(sides)]:
                 into.extend(side(tmp_path, model_dir, prompts_file, r))
         info = model_info(model_dir)
 
     steady_trl = [win for win in trl if win["window"] > 1]
-    seq, stream = summary(ours), summary(streamed)
-    ours_s, streamed_s = seq["median_s"], stream["median_s"]
+    seq, stream, stream_1cpu = summary(ours), summary(streamed), summary(streamed_1cpu)
+    ours_s, streamed_s, streamed_1cpu_s = seq["median_s"], stream["median_s"], stream_1cpu["median_s"]
     trl_s = statistics.median(win["seconds"] for win in steady_trl)
     result = {
         "ratio": ratio(trl_s, ours_s),  # the same prompts per window: prompts/s ratio = inverse time ratio
@@ -164,6 +179,10 @@ def main() -> None:
         "streamed": {**stream, "chunk": STREAM_CHUNK, "prompts_per_s": w.segment_prompts / streamed_s,
                      "ratio_vs_trl": ratio(trl_s, streamed_s)},
         "streamed_vs_sequential": ratio(ours_s, streamed_s),
+        "streamed_1cpu": {**stream_1cpu, "chunk": STREAM_CHUNK, "cpus_per_actor": 1,
+                          "prompts_per_s": w.segment_prompts / streamed_1cpu_s,
+                          "ratio_vs_trl": ratio(trl_s, streamed_1cpu_s)},
+        "streamed_1cpu_vs_sequential": ratio(ours_s, streamed_1cpu_s),
         "trl": {"windows": trl, "median_s": trl_s,
                 "generate_incl_sync_median_s": statistics.median(win["generate_incl_sync_s"] for win in steady_trl),
                 "sync_median_s": statistics.median(win["sync_s"] for win in steady_trl),
@@ -180,7 +199,8 @@ def main() -> None:
     write_result("end_to_end_vs_trl", result)
     print(f"end_to_end_vs_trl = {result['ratio']:.3f} ({result['ours_prompts_per_s']:.2f} vs "
           f"{result['trl_prompts_per_s']:.2f} prompts/s); streamed {result['streamed']['ratio_vs_trl']:.3f}, "
-          f"streamed_vs_sequential {result['streamed_vs_sequential']:.3f}")
+          f"streamed_vs_sequential {result['streamed_vs_sequential']:.3f}; streamed at 1 CPU per actor "
+          f"{result['streamed_1cpu']['ratio_vs_trl']:.3f}, vs sequential {result['streamed_1cpu_vs_sequential']:.3f}")
 
 
 if __name__ == "__main__":

@@ -80,14 +80,16 @@ def table(results: dict) -> str:
         o = e["overlap"]
         row("- overlap (stage sum / wall)", o["ratio"], "", f"{o['stage_sum_s']:.2f} s of stages",
             f"{o['wall_s']:.2f} s per segment")
-        if "streamed" in e:
-            st = e["streamed"]
-            row("- streamed vs TRL", st["ratio_vs_trl"], ">= 2.0", f"{st['prompts_per_s']:.2f} prompts/s (streamed, "
+        for key, label in (("streamed", "streamed"), ("streamed_1cpu", "streamed, 1 CPU per actor")):
+            if key not in e:
+                continue
+            st = e[key]
+            row(f"- {label} vs TRL", st["ratio_vs_trl"], ">= 2.0", f"{st['prompts_per_s']:.2f} prompts/s ({label}, "
                 f"chunks of {st['chunk']})", f"{e['trl_prompts_per_s']:.2f} prompts/s (TRL)")
-            row("- streamed vs sequential", e["streamed_vs_sequential"], "", f"{st['median_s']:.2f} s per segment "
-                "(streamed)", f"{e['ours']['median_s']:.2f} s per segment (sequential)")
+            row(f"- {label} vs sequential", e[f"{key}_vs_sequential"], "", f"{st['median_s']:.2f} s per segment "
+                f"({label})", f"{e['ours']['median_s']:.2f} s per segment (sequential)")
             so = st["overlap"]
-            row("- streamed overlap (stage sum / wall)", so["ratio"], "> 1.3", f"{so['stage_sum_s']:.2f} s of stages",
+            row(f"- {label} overlap (stage sum / wall)", so["ratio"], "> 1.3", f"{so['stage_sum_s']:.2f} s of stages",
                 f"{so['wall_s']:.2f} s per segment")
     failed = [key for key, value in results.items() if isinstance(value, dict) and "failed" in value]
     rows += [f"| {key} | FAILED | | | |" for key in failed]

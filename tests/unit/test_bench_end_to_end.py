@@ -30,6 +30,18 @@ def test_our_side_runs_the_workload(tmp_path):
     assert not cfg.checkpoint.enabled and cfg.learner.lr == WORKLOAD.lr
 
 
+def test_the_streamed_sides_differ_only_in_streaming_and_cpus(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    write_prompts(prompts)
+    base = e2e.ours_overrides(str(tmp_path), prompts)
+    seq, stream, one = (load_config(OnMCPOConfig, CONFIG_DIR / "onmcpo.yaml", base + e2e.side_overrides(*side))
+                        for side in ((False, None), (True, None), (True, 1)))
+    assert not seq.loop.stream and stream.loop.stream and one.loop.stream
+    assert stream.loop.stream_chunk == one.loop.stream_chunk == e2e.STREAM_CHUNK
+    assert seq.cluster.cpus_per_actor == stream.cluster.cpus_per_actor == 2 and one.cluster.cpus_per_actor == 1
+    assert seq.model_dump()["learner"] == one.model_dump()["learner"]
+
+
 def test_our_segment_runs_from_generation_start_to_sync_end(tmp_path):
     logger = MetricsLogger(tmp_path, ray_metrics=False)
     end = 100.0

@@ -288,3 +288,43 @@ def test_validation_reuses_a_finished_run_only_with_the_same_overrides(tmp_path,
     monkeypatch.setitem(validate_simulator.CONFIGS, "tiny", ("a=2",))
     changed = validate_simulator.execute("sequential", "tiny", 0, tmp_path)
     assert changed.command[-1] == "a=2" and changed.status == "ok"
+
+
+def test_validation_runs_a_configs_modes_back_to_back(tmp_path, monkeypatch):
+    """Both modes of a config run in turn (a slow phase of the machine hits both); odd repeats reverse
+    the configs and the modes."""
+    seen = []
+    monkeypatch.setattr(validate_simulator, "execute", lambda mode, name, repeat, out: seen.append((repeat, name, mode))
+                        or validate_simulator.Measured(mode, name, repeat, "", [], "ok", 0.0, 0.0, 0.0))
+    validate_simulator.run_all(["a", "b"], 2, tmp_path, analyze_only=False)
+    assert seen == [(0, "a", "sequential"), (0, "a", "streamed"), (0, "b", "sequential"), (0, "b", "streamed"),
+                    (1, "b", "streamed"), (1, "b", "sequential"), (1, "a", "streamed"), (1, "a", "sequential")]
+
+
+def test_validation_pairs_the_modes_repeat_by_repeat():
+    report = [{"mode": "sequential", "config": "a", "per_repeat_s": [1.0, 2.0], "predicted_s": 1.0},
+              {"mode": "streamed", "config": "a", "per_repeat_s": [1.5, 2.0], "predicted_s": 0.8},
+              {"mode": "sequential", "config": "b", "per_repeat_s": [1.0], "predicted_s": 1.0}]  # no streamed: left out
+    (row,) = validate_simulator.paired_ratios(report)
+    assert row["config"] == "a" and row["per_repeat"] == [1.5, 1.0]
+    assert row["measured"] == pytest.approx(1.25) and row["predicted"] == pytest.approx(0.8)
+
+
+def test_the_core_count_is_fitted_without_the_target_config(tmp_path, monkeypatch):
+    """`Runs.fit_cores` scores each core count on the other configs only: the target's runs are neither
+    fitted on nor simulated, and the count comes from the grid 1 .. the machine's cores."""
+    measured = [validate_simulator.Measured(mode, name, 0, str(write_run(tmp_path / mode / name, prompts=p, steps=p // 4,
+                                                                         scale=10.0 if name == "t" else 1.0)),
+                                            [], "ok", 0.0, 0.0, 0.0)
+                for mode in validate_simulator.MODES for name, p in (("a", 4), ("b", 8), ("t", 16))]
+    fitted_on, simulated = [], []
+    real_fit, real_sim = validate_simulator.fit_rates, validate_simulator.simulate_round
+    monkeypatch.setattr(validate_simulator, "fit_rates", lambda runs: fitted_on.extend(runs) or real_fit(runs))
+    monkeypatch.setattr(validate_simulator, "simulate_round",
+                        lambda work, layout, rates, schedule: simulated.append(work.prompts) or real_sim(work, layout, rates, schedule))
+    runs = validate_simulator.Runs(measured)
+    cores = runs.fit_cores("t", 2.0)
+    assert 1.0 <= cores <= 2.0 and cores == pytest.approx(round(cores, 1))
+    assert fitted_on and all(r.path.name != "t" for r in fitted_on)
+    assert simulated and 16 not in simulated and {4, 8} <= set(simulated)
+    assert len(runs.cache) == 11  # every count of the grid was tried
