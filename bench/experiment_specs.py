@@ -83,6 +83,8 @@ MC_NEGATIVES = ("mc", "random", "max", "min")
 SPO_LAMBDA = 1.0  # the loss's documented default (docs/algorithms.md); "too large" over-constrains
 CDPO_SCHEDULE = (24, 48)  # optimizer steps: POS only up to the end of segment 1, NEG only from the end of segment 2
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
+ONMCPO_PROMPTS = 32  # per segment at ONMCPO_SCALE
+STREAM_CHUNK = 8
 
 
 def negatives(sampler: str, m: int, loss: str) -> tuple[str, ...]:
@@ -145,6 +147,18 @@ EXPERIMENTS: dict[str, Experiment] = {
                 Variant("round_random", "onmcpo", (*negatives("random", 1, "dpo"), "algorithm.reference=round")),
             ),
             paired=(("initial", "round"), ("round", "round_random")),
+        ),
+        Experiment(
+            "streaming",
+            "OnMC-PO (MC negatives, M = 1) with sequential rounds (the default) against streamed rounds "
+            f"(loop.stream, chunks of {STREAM_CHUNK} prompts: {ONMCPO_PROMPTS // STREAM_CHUNK} per segment), "
+            "whose early steps train on the first chunks' groups only",
+            (
+                Variant("sequential", "onmcpo", negatives("mc", 1, "dpo")),
+                Variant("streamed", "onmcpo", (*negatives("mc", 1, "dpo"), "loop.stream=true",
+                                               f"loop.stream_chunk={STREAM_CHUNK}")),
+            ),
+            paired=(("streamed", "sequential"),),  # issue 11: streaming becomes the default only if equal
         ),
         Experiment(
             "spo_cdpo",

@@ -171,7 +171,7 @@ def test_dry_run_plans_five_seeds_by_default_and_validates_every_config(tmp_path
 
 
 def test_runs_with_the_same_resolved_config_are_run_once_and_copied(tmp_path):
-    """OnMC-PO's default arm (MC negatives, M = 1, dpo, pi_ref initial) appears in three experiments
+    """OnMC-PO's default arm (MC negatives, M = 1, dpo, pi_ref initial) appears in four experiments
     (`algorithm.reference=initial` spelled out resolves to the same config), offline MC-PO's in two."""
     runs = experiment_runs.plan(list(specs.EXPERIMENTS), [0], tmp_path / "out", tmp_path / "archive")
     by_dir = {r.directory.relative_to(tmp_path / "out").parts[:2]: r for r in runs}
@@ -179,6 +179,7 @@ def test_runs_with_the_same_resolved_config_are_run_once_and_copied(tmp_path):
     online, offline = by_dir["online_vs_offline", "online_mc"], by_dir["mc_samplers", "mc_m1"]
     assert same == {by_dir["reference", "initial"].directory: online.directory,
                     by_dir["spo_cdpo", "dpo"].directory: online.directory,
+                    by_dir["streaming", "sequential"].directory: online.directory,
                     by_dir["online_vs_offline", "offline_mc"].directory: offline.directory}
     (online.directory / "final").mkdir(parents=True)
     (online.directory / "metrics.jsonl").write_text('{"event": "eval", "iteration": 0}\n')
