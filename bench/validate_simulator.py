@@ -1,15 +1,18 @@
 """Validate the round simulator against measured CPU runs (leave one config out).
 
-    /work/bin/heavy .venv/bin/python bench/validate_simulator.py [--out runs/simulator-validation]
-        [--only NAME ...] [--repeats 3] [--analyze-only]
+    .venv/bin/python bench/validate_simulator.py [--out runs/simulator-validation]
+        [--only NAME ...] [--repeats 3] [--analyze-only] [--cores N]
 
 Runs `python jobs/onmcpo.py` `--repeats` times per (mode, config) below: each config's two modes
 back to back, configs and modes in reverse order on alternate repeats (so a slow phase of a shared
-machine hits both modes of a config, and not one config only); a run whose `final/` exists is reused. Then, for each config, fits the stage rates
-to the SEQUENTIAL runs of every OTHER config (never to the config itself) and predicts the
-config's steady rounds (round >= 2; round 1 pays one-time warm-ups and is shown apart) in its
-mode. Prints measured against predicted seconds per round, the error, the spread between the
-repeats (the measurement noise) and the machine's load average; writes `<out>/validation.json`.
+machine hits both modes of a config, not one mode or one config only); a run whose `final/` exists
+is reused. Then, for each config, fits the stage rates to the SEQUENTIAL runs of every OTHER config
+(never to the config itself), and the effective count of shared cores to the other configs' runs
+of both modes (`Runs.fit_cores`; `--cores` fixes it instead), and predicts the config's steady
+rounds (round >= 2; round 1 pays one-time warm-ups and is shown apart) in its mode. Run it on an
+otherwise quiet machine. Prints measured against predicted seconds per round, the error, the
+spread between the repeats (the measurement noise) and the machine's load average, then the
+paired streamed / sequential ratios; writes `<out>/validation.json`.
 
 Streamed rounds (mode `streamed`) are predicted from the same sequential rates; `schedule_of`
 reads the chunk size from the overrides. `--only` limits the configs (not the modes).
@@ -191,9 +194,9 @@ def run_all(names: Sequence[str], repeats: int, out: Path, analyze_only: bool) -
     shared machine hits both), configs and modes reversed on odd repeats."""
     done = []
     for repeat in range(repeats):
-        order = (lambda xs: list(xs)) if repeat % 2 == 0 else (lambda xs: list(reversed(list(xs))))
-        for name in order(names):
-            for mode in order(MODES):
+        step = -1 if repeat % 2 else 1
+        for name in list(names)[::step]:
+            for mode in list(MODES)[::step]:
                 if analyze_only:
                     info = out / mode / name / f"r{repeat}" / "validate.json"
                     if info.is_file():
